@@ -1,0 +1,71 @@
+"""The Python API: the same verbs as the CLI (train, evaluate, predict, report, load_model)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, preset_config
+from .errors import AlexnetError
+from .inference import evaluate, load_model, predict
+
+__all__ = ["train", "evaluate", "predict", "report", "load_model"]
+
+# Short keyword names for the API: train(data="...", model="alexnet", epochs=3).
+ALIASES = {"data": ("data", "source"), "model": ("model", "name")}
+
+
+def options_to_overrides(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    owner = {f.name: s for s, cls in sections.items() for f in fields(cls)}
+    out: dict[str, dict[str, Any]] = {s: {} for s in sections}
+    for key, value in options.items():
+        if key in ALIASES:
+            section, name = ALIASES[key]
+        elif key in owner:
+            section, name = owner[key], key
+        else:
+            raise AlexnetError(f"unknown training option {key!r}")
+        out[section][name] = value
+    return out
+
+
+def train(config: RunConfig | None = None, *, out: str | Path | None = None, preset: str | None = None,
+          resume: str | Path | None = None, stop_after_epoch: int | None = None, progress: bool = True,
+          **options: Any) -> Path:
+    """Train and return the run folder, e.g. `train(data="cifar10", epochs=3, out="runs/demo")`.
+
+    `options` are any DataConfig/ModelConfig/TrainConfig field (`data` and `model` name the source and network).
+    With `resume=RUN` the run continues exactly; only `epochs` and `device` may change.
+    """
+    from .engine.trainer import train as run_training
+
+    if resume is not None:
+        extra = set(options) - {"epochs", "device"}
+        if extra or config is not None or preset is not None:
+            raise AlexnetError(f"--resume continues a run with its own config; only --epochs and --device "
+                               f"may change (got {', '.join(sorted(extra)) or 'a config'})")
+        run = run_training(None, resume=resume, epochs=options.get("epochs"), device=options.get("device"),
+                           stop_after_epoch=stop_after_epoch, progress=progress)
+    else:
+        cfg = apply_overrides(config or preset_config(preset), options_to_overrides(options))
+        run = run_training(cfg, out, stop_after_epoch=stop_after_epoch, progress=progress)
+    cfg = RunConfig.from_dict(load_config_dict(run))
+    if cfg.train.report and (run / "best.pt").exists():
+        report(run, split="val" if cfg.data.val_split > 0 else "train", quiet=not progress)
+    return run
+
+
+def load_config_dict(run: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((Path(run) / "config.json").read_text())["config"]
+
+
+def report(run: str | Path, data: str | None = None, split: str = "val", out: str | Path | None = None,
+           device: str = "auto", quiet: bool = True) -> Path:
+    """Write the self-contained HTML report (and its PNGs, metrics.json, report.md) of a run."""
+    from .report.build import build_report
+
+    return build_report(Path(run), data=data, split=split, out=Path(out) if out else None, device=device)

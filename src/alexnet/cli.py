@@ -1,0 +1,188 @@
+"""`alexnet` command line: argument parsing only; every verb calls the Python API.
+
+Heavy imports (torch, matplotlib) happen inside the verbs so `alexnet --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (not the whole usage block) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model name (see `alexnet info`): alexnet | alexnet-cifar")
+    p.add_argument("--norm", choices=["lrn", "batchnorm", "none"], help="normalisation layers")
+    p.add_argument("--groups", type=int, choices=[1, 2], help="2 = the paper's two-tower connectivity")
+    p.add_argument("--init", choices=["paper", "default"], help="weight initialisation")
+    p.add_argument("--image-size", type=positive_int, help="model input side in pixels")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="alexnet", description="Train, evaluate, explain and serve AlexNet "
+                                     "image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    t = sub.add_parser("train", help="train a model into a run folder")
+    t.add_argument("--data", help="cifar10 | cifar-10-python.tar.gz | cifar-10-batches-py folder | image folder")
+    t.add_argument("--preset", help="a named recipe (flags override it): cifar10, notebook")
+    add_model_options(t)
+    t.add_argument("--epochs", type=positive_int)
+    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--label-smoothing", type=float)
+    t.add_argument("--warmup-epochs", type=float)
+    t.add_argument("--val-split", type=float, help="fraction of the training split held out (default 0.1)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--workers", type=int, help="image-decoding processes (0 = all cores)")
+    t.add_argument("--device", help="auto | cpu | cuda | mps")
+    t.add_argument("--amp", choices=["auto", "bf16", "off"], help="mixed precision (auto = bf16 on CUDA only)")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    t.add_argument("--out", help="run folder (default runs/<time>-<model>)")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where it stopped")
+    t.add_argument("--stop-after-epoch", type=positive_int, metavar="N",
+                   help="stop after epoch N as if interrupted (e.g. a time-limited job); --resume continues")
+    t.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+
+    e = sub.add_parser("evaluate", help="accuracy, top-5, per-class scores, confusion matrix")
+    e.add_argument("checkpoint", help="RUN/best.pt (or a run folder)")
+    e.add_argument("--data", help="data to evaluate on (default: the training data)")
+    e.add_argument("--split", default="test", choices=["test", "val", "train"])
+    e.add_argument("--json", metavar="FILE", help="also write the metrics as JSON ('-' = stdout only)")
+    e.add_argument("--device", default="auto")
+
+    pr = sub.add_parser("predict", help="top-k classes of image files")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--top-k", type=positive_int, default=5)
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pr.add_argument("--device", default="auto")
+
+    r = sub.add_parser("report", help="write the HTML report of a run")
+    r.add_argument("run", help="run folder (or a checkpoint in it)")
+    r.add_argument("--data", help="data to evaluate on (default: the training data)")
+    r.add_argument("--split", default="val", choices=["test", "val", "train"])
+    r.add_argument("--out", help="output folder (default RUN/report)")
+    r.add_argument("--device", default="auto")
+
+    i = sub.add_parser("info", help="Keras-style summary of a model: layers, shapes, parameters, MACs")
+    add_model_options(i)
+    i.add_argument("--num-classes", type=positive_int, default=10)
+    return parser
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Only the flags the user gave: they override the preset."""
+    picks = {
+        "data": {"source": args.data, "image_size": args.image_size, "val_split": args.val_split,
+                 "workers": args.workers},
+        "model": {"name": args.model, "norm": args.norm, "groups": args.groups, "init": args.init},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                  "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
+                  "warmup_epochs": args.warmup_epochs, "seed": args.seed, "device": args.device,
+                  "amp": args.amp, "compile": args.compile},
+    }
+    out = {section: {k: v for k, v in values.items() if v is not None} for section, values in picks.items()}
+    if args.no_report:
+        out["train"]["report"] = False
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .api import train
+    from .config import apply_overrides, preset_config
+
+    if args.resume:
+        run = train(resume=args.resume, epochs=args.epochs, device=args.device,
+                    stop_after_epoch=args.stop_after_epoch, progress=not args.quiet)
+    else:
+        cfg = apply_overrides(preset_config(args.preset), train_overrides(args))
+        run = train(cfg, out=args.out, stop_after_epoch=args.stop_after_epoch, progress=not args.quiet)
+    print(f"run folder: {run}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .api import evaluate
+    from .engine.checkpoint import write_json
+    from .tables import format_metrics
+
+    metrics = evaluate(args.checkpoint, data=args.data, split=args.split, device=args.device)
+    if args.json == "-":
+        print(json.dumps(metrics, indent=2))
+        return
+    print(format_metrics(metrics, f"{args.checkpoint} on the {args.split} split"))
+    if args.json:
+        write_json(args.json, metrics)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .api import predict
+
+    results = predict(args.checkpoint, args.images, top_k=args.top_k, device=args.device)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        top = "  ".join(f"{p['class']} {p['probability'] * 100:.1f}%" for p in r["predictions"])
+        print(f"{r['image']}: {top}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .api import report
+
+    out = report(args.run, data=args.data, split=args.split, out=args.out, device=args.device)
+    print(f"report: {out / 'report.html'}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .models import create_model, default_image_size
+    from .summary import format_summary, summarize
+
+    name = args.model or "alexnet-cifar"
+    size = args.image_size or default_image_size(name)
+    options = {k: v for k, v in {"norm": args.norm, "groups": args.groups, "init": args.init}.items() if v}
+    model = create_model(name, num_classes=args.num_classes, image_size=size, **options)
+    extra = "".join(f", {k}={v}" for k, v in options.items())
+    print(format_summary(summarize(model, (3, size, size)),
+                         f"{name} ({args.num_classes} classes, {size}x{size} input{extra})"))
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report,
+            "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import AlexnetError
+
+    try:
+        COMMANDS[args.command](args)
+    except AlexnetError as e:
+        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alexnet {args.command}: interrupted; a run's last.pt holds its last finished epoch "
+              "(continue with --resume RUN)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Typed run configuration: what to read, what to build, how to train. Resolved once, saved with the run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import AlexnetError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "cifar10"  # "cifar10", a CIFAR tarball / batches folder, or an image folder
+    val_split: float = 0.1  # stratified hold-out taken from the training split
+    split_seed: int = 0  # fixed apart from the run seed so every run is judged on the same images
+    image_size: int | None = None  # model input side; None = the model's own default
+    crop_padding: int = 4  # random-crop translation in stored pixels (0 = off)
+    flip: bool = True  # random horizontal flip
+    workers: int = 0  # decode processes for image folders (0 = all cores)
+    cache_dir: str | None = None  # decoded-array cache; None = $ALEXNET_DATA or ~/.cache/alexnet
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "alexnet-cifar"
+    # Model options; None leaves the model's own default in place.
+    norm: str | None = None
+    groups: int | None = None
+    init: str | None = None
+    dropout: float | None = None
+    widths: tuple[int, ...] | None = None
+    hidden: int | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for `create_model`, without the ones left at the model default."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+        return {k: (tuple(v) if isinstance(v, list) else v) for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.2  # peak learning rate (after warm-up) for batch_size images
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # applied to conv/linear weights only, not to biases or norm scales
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    schedule: str = "linear"  # linear | cosine decay to zero after warm-up
+    tta: bool = True  # evaluate on the image and its mirror, average the logits
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    channels_last: bool = True
+    amp: str = "auto"  # auto (bf16 on CUDA only) | bf16 | off
+    compile: bool = False
+    report: bool = True  # write the HTML report at the end of training
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return cls(
+            data=DataConfig(**d["data"]),
+            model=ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d["model"].items()}),
+            train=TrainConfig(**d["train"]),
+            preset=d.get("preset"),
+        )
+
+
+# Named recipes. Flags given on the command line override them.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cifar10": {
+        "model": {"name": "alexnet-cifar"},
+        "train": {"epochs": 10, "batch_size": 256, "lr": 0.2},
+    },
+    # The notebook recipe: the paper network with batch norm on CIFAR-10 upsampled to 227 px.
+    "notebook": {
+        "model": {"name": "alexnet", "norm": "batchnorm"},
+        "data": {"image_size": 227},
+        "train": {"epochs": 10, "batch_size": 128, "lr": 0.05},
+    },
+}
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+    """Return `cfg` with {"data"|"model"|"train": {field: value}} replaced; unknown fields are errors."""
+    parts = {"data": cfg.data, "model": cfg.model, "train": cfg.train}
+    for section, values in overrides.items():
+        known = {f.name for f in fields(parts[section])}
+        unknown = set(values) - known
+        if unknown:
+            raise AlexnetError(f"unknown {section} option(s): {', '.join(sorted(unknown))}")
+        parts[section] = replace(parts[section], **values)
+    return replace(cfg, **parts)
+
+
+def preset_config(name: str | None) -> RunConfig:
+    """The config of a named preset (None = the default recipe)."""
+    if name is None:
+        return RunConfig()
+    if name not in PRESETS:
+        raise AlexnetError(f"unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return replace(apply_overrides(RunConfig(), PRESETS[name]), preset=name)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check ranges once, so a bad flag fails before any data is read."""
+    t, d = cfg.train, cfg.data
+    checks = [
+        (t.epochs >= 1, "--epochs must be >= 1"),
+        (t.batch_size >= 1, "--batch-size must be >= 1"),
+        (t.lr > 0, "--lr must be > 0"),
+        (0 <= t.momentum < 1, "--momentum must be in [0, 1)"),
+        (t.weight_decay >= 0, "--weight-decay must be >= 0"),
+        (0 <= t.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+        (t.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+        (t.schedule in ("linear", "cosine"), "--schedule must be linear or cosine"),
+        (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
+         "--device must be auto, cpu, cuda or mps"),
+        (t.amp in ("auto", "bf16", "off"), "--amp must be auto, bf16 or off"),
+        (0 <= d.val_split < 1, "--val-split must be in [0, 1)"),
+        (d.image_size is None or 8 <= d.image_size <= 1024, "--image-size must be between 8 and 1024"),
+        (0 <= d.crop_padding <= 64, "--crop-padding must be between 0 and 64"),
+        (d.workers >= 0, "--workers must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise AlexnetError(message)
+    return cfg

@@ -1,0 +1,183 @@
+"""Small datasets held in memory as one uint8 tensor and augmented a whole batch at a time.
+
+As in airbench: decoding happens once; each batch is gathered, cropped, flipped, normalised and
+resized with a handful of vectorised tensor ops on the training device, and a background thread
+prepares the next batch while the current one trains.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class ImageSet:
+    """Images as uint8 (N, H, W, 3) and int64 labels (N,), with the class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> "ImageSet":
+        return ImageSet(self.images[idx], self.labels[idx], self.classes)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx): `fraction` of every class held out, chosen by `seed`, both sorted."""
+    if fraction <= 0:
+        return np.arange(len(labels)), np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        n_val = int(round(fraction * len(members)))
+        val.append(rng.permutation(members)[:n_val])
+    val_idx = np.sort(np.concatenate(val))
+    train_mask = np.ones(len(labels), dtype=bool)
+    train_mask[val_idx] = False
+    return np.flatnonzero(train_mask), val_idx
+
+
+def channel_stats(images: np.ndarray, max_samples: int = 10_000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, from (a seeded sample of) the training images."""
+    if len(images) > max_samples:
+        images = images[np.random.default_rng(0).choice(len(images), max_samples, replace=False)]
+    x = images.reshape(-1, 3).astype(np.float64) / 255.0
+    std = np.maximum(x.std(axis=0), 1e-3)  # a constant channel must not divide by zero
+    return x.mean(axis=0).tolist(), std.tolist()
+
+
+def to_device_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC array -> uint8 NCHW tensor on `device`; its memory stays NHWC (= channels-last)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+
+
+def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate every image by up to `padding` px (zero fill), each by its own random offset."""
+    if padding == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n,1,h,1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (n,1,1,w)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the batch left-right."""
+    mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+class Normalizer:
+    """uint8 batch -> float batch: scale, subtract the training mean, divide by std, resize to input."""
+
+    def __init__(self, mean: list[float], std: list[float], image_size: int, device: torch.device,
+                 channels_last: bool = True):
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.inv_std = 1 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
+        self.image_size = image_size
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - self.mean) * self.inv_std
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            # The notebook recipe's upsampling, done per batch on the training device.
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False)
+        return x.contiguous(memory_format=self.memory_format)
+
+
+class BatchLoader:
+    """Yields (inputs, labels) batches from an in-memory ImageSet, optionally augmented and shuffled."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalizer,
+                 *, train: bool, crop_padding: int = 0, flip: bool = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.images, self.labels = images, labels
+        self.batch_size, self.normalize = batch_size, normalize
+        self.train, self.crop_padding, self.flip, self.seed = train, crop_padding, flip, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Order and augmentation depend only on (seed, epoch): a resumed run sees the same batches."""
+        self.epoch = epoch
+
+    def _indices(self, gen: torch.Generator) -> torch.Tensor:
+        n = len(self.labels)
+        if not self.train:
+            return torch.arange(n)
+        idx = torch.randperm(n, generator=gen)
+        # Whole global batches only, so batch-norm never sees a batch of one; ranks take strided shares.
+        global_batch = self.batch_size * self.world_size
+        usable = (n // global_batch) * global_batch if n >= global_batch else n - n % self.world_size
+        return idx[:usable][self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        if not self.train:
+            return -(-n // self.batch_size)
+        global_batch = self.batch_size * self.world_size
+        return max(n // global_batch, 1)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        idx = self._indices(gen)
+        for start in range(0, len(idx), self.batch_size):
+            b = idx[start:start + self.batch_size].to(self.images.device)
+            x = self.images[b]
+            if self.train and self.crop_padding:
+                x = random_crop(x, self.crop_padding, gen)
+            if self.train and self.flip:
+                x = random_flip(x, gen)
+            yield self.normalize(x), self.labels[b]
+
+
+def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
+    """Run `batches` in a background thread, `depth` items ahead (tensor ops release the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # hand the failure to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # drain so the producer can see `stop` and exit
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass

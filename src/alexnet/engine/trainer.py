@@ -1,0 +1,222 @@
+"""The training story: read data, build the model, loop over epochs, validate, checkpoint, report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import RunConfig, validate
+from ..data.memory import BatchLoader, Normalizer, channel_stats, prefetch, to_device_tensor
+from ..data.sources import Splits, load_splits
+from ..errors import AlexnetError
+from ..models import create_model, default_image_size
+from .checkpoint import (atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
+                         write_json)
+from .device import autocast, hardware_info, resolve_device, versions
+from .evaluation import collect_logits, loss_and_accuracy
+from .optim import build_optimizer, build_scheduler
+from .progress import EpochProgress
+
+HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds"]
+
+
+@dataclass
+class TrainState:
+    """What changes as training goes: restored exactly on --resume."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_acc: float = -1.0
+    train_seconds: float = 0.0
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.model.name}"
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Refuse to train over a finished run: nothing already saved may be lost."""
+    if not resume and (out / "last.pt").exists():
+        raise AlexnetError(f"--out {out} already holds a run (last.pt); pass --resume {out} to continue it "
+                           "or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise AlexnetError(f"--out {out} is a file; choose a folder path")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def build_model(cfg: RunConfig, num_classes: int, image_size: int, device: torch.device) -> nn.Module:
+    model = create_model(cfg.model.name, num_classes=num_classes, image_size=image_size, **cfg.model.options())
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def write_history(out: Path, history: list[dict[str, Any]]) -> None:
+    """history.csv and history.json, like Keras' History, rewritten atomically each epoch."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+
+    def write_csv(tmp: str) -> None:
+        Path(tmp).write_text(buf.getvalue())
+
+    atomic_write(out / "history.csv", write_csv)
+    write_json(out / "history.json", history)
+
+
+def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, cfg: RunConfig, device: torch.device, progress: EpochProgress,
+                    epoch: int) -> tuple[float, float, int]:
+    """One pass over the training split; returns (mean loss, accuracy, images seen)."""
+    model.train()
+    loader.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    start = time.perf_counter()
+    progress.start(f"epoch {epoch + 1}/{cfg.train.epochs}", len(loader))
+    try:
+        for step, (x, y) in enumerate(prefetch(iter(loader))):
+            with autocast(device, cfg.train.amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.train.label_smoothing)
+            if not math.isfinite(loss.item()):
+                raise AlexnetError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                   "training stopped and the last good checkpoint is kept; try a lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if step % 5 == 0 or step + 1 == len(loader):
+                rate = seen / (time.perf_counter() - start)
+                progress.update(step + 1, loss_sum.item() / seen, correct.item() / seen, rate)
+    finally:
+        progress.stop()
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen
+
+
+def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState, cfg: RunConfig,
+                     meta: dict[str, Any], full: bool) -> dict[str, Any]:
+    raw = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    ckpt = {
+        "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+        "epoch": state.epoch,
+        "history": state.history,
+        "best_val_acc": state.best_val_acc,
+        "train_seconds": state.train_seconds,
+        "config": cfg.to_dict(),
+        **meta,
+    }
+    if full:
+        ckpt.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state())
+    return ckpt
+
+
+def train(cfg: RunConfig, out: str | Path | None = None, *, resume: str | Path | None = None,
+          epochs: int | None = None, device: str | None = None, stop_after_epoch: int | None = None,
+          progress: bool = True) -> Path:
+    """Train `cfg` into a run folder (or continue the run in `resume`) and return the folder."""
+    state = TrainState()
+    ckpt = None
+    if resume is not None:
+        out = Path(resume)
+        ckpt = load_checkpoint(out / "last.pt")
+        cfg = RunConfig.from_dict(ckpt["config"])
+        state = TrainState(ckpt["epoch"], ckpt["history"], ckpt["best_val_acc"], ckpt["train_seconds"])
+    # Flags that may change on resume: more epochs, another device.
+    if epochs is not None:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
+    if device is not None:
+        cfg = replace(cfg, train=replace(cfg.train, device=device))
+    validate(cfg)
+    out = Path(out) if out is not None else new_run_dir(cfg)
+    prepare_run_dir(out, resume is not None)
+    dev = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    ui = EpochProgress(progress)
+
+    t0 = time.perf_counter()
+    splits = load_splits(cfg.data.source, cfg.data.val_split, cfg.data.split_seed, cfg.data.cache_dir,
+                         cfg.data.workers)
+    image_size = cfg.data.image_size or default_image_size(cfg.model.name)
+    mean, std = (ckpt["normalization"]["mean"], ckpt["normalization"]["std"]) if ckpt else \
+        channel_stats(splits.train.images)
+    meta = {"classes": splits.classes, "model_name": cfg.model.name, "image_size": image_size,
+            "store_size": int(splits.train.images.shape[1]), "normalization": {"mean": mean, "std": std}}
+    ui.print(f"data: {splits.description}: {len(splits.train):,} train, "
+             f"{len(splits.val) if splits.val else 0:,} val, {len(splits.classes)} classes "
+             f"({time.perf_counter() - t0:.1f}s)")
+
+    model = build_model(cfg, len(splits.classes), image_size, dev)
+    normalize = Normalizer(mean, std, image_size, dev, cfg.train.channels_last)
+    train_loader = BatchLoader(to_device_tensor(splits.train.images, dev),
+                               torch.from_numpy(splits.train.labels).to(dev), cfg.train.batch_size, normalize,
+                               train=True, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
+                               seed=cfg.train.seed)
+    val_loader = None
+    if splits.val is not None:
+        val_loader = BatchLoader(to_device_tensor(splits.val.images, dev),
+                                 torch.from_numpy(splits.val.labels).to(dev), max(cfg.train.batch_size, 256),
+                                 normalize, train=False)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, len(train_loader))
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        restore_rng_state(ckpt["rng"])
+    run_model = torch.compile(model) if cfg.train.compile else model
+
+    write_json(out / "config.json", {"config": cfg.to_dict(), "dataset": splits.description,
+                                     "num_train": len(splits.train),
+                                     "num_val": len(splits.val) if splits.val else 0,
+                                     **meta, "versions": versions(), "hardware": hardware_info(dev)})
+    ui.print(f"model: {cfg.model.name} at {image_size}px, "
+             f"{sum(p.numel() for p in model.parameters()):,} parameters; device {dev}; run folder {out}")
+
+    last_epoch = cfg.train.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.train.epochs)
+    for epoch in range(state.epoch, last_epoch):
+        start = time.perf_counter()
+        train_loss, train_acc, seen = train_one_epoch(run_model, train_loader, optimizer, scheduler, cfg, dev,
+                                                      ui, epoch)
+        train_time = time.perf_counter() - start
+        val_loss = val_acc = float("nan")
+        if val_loader is not None:
+            logits, labels = collect_logits(run_model, val_loader, dev, cfg.train.amp, cfg.train.tta)
+            val_loss, val_acc = loss_and_accuracy(logits, labels)
+        seconds = time.perf_counter() - start
+        state.epoch = epoch + 1
+        state.train_seconds += seconds
+        state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+                              "val_loss": val_loss, "val_acc": val_acc,
+                              "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / train_time,
+                              "seconds": seconds})
+        # Without a validation split the latest epoch is the best one we can know of.
+        score = val_acc if val_loader is not None else float(state.epoch)
+        improved = score > state.best_val_acc
+        if improved:
+            state.best_val_acc = score
+        save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True))
+        if improved:
+            save_checkpoint(out / "best.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, False))
+        write_history(out, state.history)
+        val_text = f"val loss {val_loss:.3f} acc {val_acc * 100:.2f}%" if val_loader is not None else "no val"
+        ui.print(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  train loss {train_loss:.3f} acc {train_acc * 100:.2f}%"
+                 f"  {val_text}  lr {optimizer.param_groups[0]['lr']:.4g}  {seen / train_time:,.0f} img/s"
+                 f"  {seconds:.1f}s{'  *best' if improved and val_loader is not None else ''}")
+    return out

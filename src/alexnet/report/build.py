@@ -1,0 +1,52 @@
+"""Gather what a report shows (run folder, checkpoint, evaluated split) and hand it to the writers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..inference import load_model, run_model, split_for
+from ..metrics import classification_metrics
+from .html import write_report
+
+
+def first_conv_weight(model: nn.Module) -> np.ndarray | None:
+    """The first convolution's kernels (out, in, kh, kw): what the paper's Figure 3 draws."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.weight.detach().float().cpu().numpy()
+    return None
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def build_report(run: Path, data: str | None = None, split: str = "val", out: Path | None = None,
+                 device: str = "auto") -> Path:
+    """Evaluate the run's best checkpoint on `split` of `data` and write RUN/report/ (or `out`)."""
+    run_dir = run.parent if run.is_file() else run
+    loaded = load_model(run, device)
+    images, splits = split_for(loaded, data, split)
+    probs = run_model(loaded, images.images)
+    metrics = classification_metrics(probs, images.labels, loaded.classes)
+    run_config = read_json(run_dir / "config.json") or {}
+    run_info = {
+        "name": run_dir.name,
+        "config": loaded.checkpoint["config"],
+        "dataset": splits.description if data else run_config.get("dataset", splits.description),
+        "hardware": run_config.get("hardware", {}),
+        "versions": run_config.get("versions", {}),
+        "train_seconds": loaded.checkpoint.get("train_seconds"),
+        "epochs_trained": loaded.checkpoint.get("epoch"),
+    }
+    out_dir = out or run_dir / "report"
+    write_report(out_dir, metrics=metrics, history=read_json(run_dir / "history.json"), probs=probs,
+                 labels=images.labels, classes=loaded.classes,
+                 fetch_images=lambda idx: images.images[np.asarray(idx)],
+                 filters=first_conv_weight(loaded.model), run_info=run_info, split=split)
+    return out_dir

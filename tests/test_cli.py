@@ -1,0 +1,86 @@
+"""End to end through the command line, as a user runs it: train, evaluate, predict, info."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+
+TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "16", "--lr", "0.05", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_folder, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    cache = tmp_path_factory.mktemp("cache")
+    result = run_cli("train", "--data", tiny_folder, "--out", run, *TRAIN_FLAGS, env={"ALEXNET_DATA": str(cache)})
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    for name in ["last.pt", "best.pt", "config.json", "history.csv", "history.json"]:
+        assert (trained_run / name).is_file(), name
+    rows = list(csv.DictReader(open(trained_run / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds"}
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["classes"] == ["cat", "dog", "ship"]
+    assert config["config"]["train"]["epochs"] == 2 and "torch" in config["versions"]
+    assert not list(trained_run.glob("*.tmp")), "no temp files may be left behind"
+
+
+def test_evaluate_prints_tables_and_writes_json(trained_run, tiny_folder, tmp_path):
+    out = tmp_path / "m.json"
+    result = run_cli("evaluate", trained_run / "best.pt", "--data", tiny_folder, "--json", out)
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout and "confusion matrix" in result.stdout
+    metrics = json.loads(out.read_text())
+    assert metrics["num_samples"] == 30 and metrics["classes"] == ["cat", "dog", "ship"]
+    assert metrics["top5"] is None  # three classes: top-5 is meaningless
+    assert np.array(metrics["confusion_matrix"]).sum(axis=1).tolist() == [10, 10, 10]
+    assert metrics["accuracy"] > 0.5  # the classes differ by colour: two epochs learn it
+
+
+def test_predict_takes_any_size_and_mode_and_prints_json(trained_run, tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, mode, size in [("a.jpg", "RGB", (50, 40)), ("b.png", "RGBA", (32, 32)), ("c.png", "L", (17, 64)),
+                             ("d.png", "P", (100, 100))]:
+        img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+        img.save(tmp_path / name)
+        paths.append(tmp_path / name)
+    result = run_cli("predict", trained_run / "best.pt", *paths, "--top-k", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert [r["image"] for r in out] == [str(p) for p in paths]
+    for r in out:
+        assert len(r["predictions"]) == 2
+        probs = [p["probability"] for p in r["predictions"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_predict_matches_evaluation_preprocessing(trained_run, tiny_folder):
+    """A test image predicted from its file gets the probabilities evaluation computes for it."""
+    import alexnet
+    from alexnet.inference import run_model, split_for
+
+    loaded = alexnet.load_model(trained_run / "best.pt", device="cpu")
+    images, _ = split_for(loaded, str(tiny_folder), "test")
+    probs = run_model(loaded, images.images[:1])[0]
+    first = sorted((tiny_folder / "test" / "cat").glob("*.png"))[0]
+    pred = alexnet.predict(loaded, [first], top_k=3)[0]["predictions"]
+    assert pred[0]["probability"] == pytest.approx(probs.max(), abs=1e-5)
+
+
+def test_info_prints_keras_style_summary_with_paper_parameter_counts():
+    result = run_cli("info", "--model", "alexnet", "--num-classes", "1000")
+    assert result.returncode == 0, result.stderr
+    assert "62,378,344" in result.stdout and "Output shape" in result.stdout
+    two = run_cli("info", "--model", "alexnet", "--num-classes", "1000", "--groups", "2")
+    assert "60,965,224" in two.stdout

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from alexnet.data.memory import (BatchLoader, Normalizer, channel_stats, random_crop, random_flip,
+                                 stratified_split, to_device_tensor)
+
+
+def test_stratified_split_holds_out_the_fraction_of_every_class_and_is_seeded():
+    labels = np.repeat(np.arange(4), 50)
+    train, val = stratified_split(labels, 0.1, seed=3)
+    assert len(val) == 20 and np.bincount(labels[val]).tolist() == [5, 5, 5, 5]
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 200
+    assert np.array_equal(val, stratified_split(labels, 0.1, seed=3)[1])
+    assert not np.array_equal(val, stratified_split(labels, 0.1, seed=4)[1])
+
+
+def test_random_crop_translates_each_image_within_padding():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    y = random_crop(x, 2, gen)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):  # every output equals some window of the zero-padded input
+        assert any(torch.equal(y[i], padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+
+
+def test_random_crop_with_zero_padding_is_identity():
+    x = torch.randint(0, 255, (3, 3, 6, 6), dtype=torch.uint8)
+    assert torch.equal(random_crop(x, 0, torch.Generator()), x)
+
+
+def test_random_flip_mirrors_about_half_and_keeps_the_rest():
+    x = torch.randint(0, 255, (400, 3, 4, 4), dtype=torch.uint8)
+    y = random_flip(x, torch.Generator().manual_seed(1))
+    flipped = [torch.equal(y[i], x[i].flip(2)) for i in range(400)]
+    kept = [torch.equal(y[i], x[i]) for i in range(400)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 150 < sum(flipped) < 250
+
+
+def test_normalizer_uses_training_stats_and_resizes_to_input():
+    images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    mean, std = channel_stats(images)
+    norm = Normalizer(mean, std, 16, torch.device("cpu"))
+    out = norm(to_device_tensor(images, torch.device("cpu")))
+    assert out.shape == (20, 3, 16, 16)
+    same = Normalizer(mean, std, 8, torch.device("cpu"))(to_device_tensor(images, torch.device("cpu")))
+    assert same.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert same.std(dim=(0, 2, 3)) == pytest.approx([1.0] * 3, abs=0.01)
+
+
+def make_loader(train: bool, seed: int = 0, rank: int = 0, world: int = 1) -> BatchLoader:
+    images = torch.randint(0, 255, (100, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = Normalizer([0.5] * 3, [0.25] * 3, 8, torch.device("cpu"))
+    return BatchLoader(images, torch.arange(100), 16, norm, train=train, crop_padding=2, flip=True,
+                       seed=seed, rank=rank, world_size=world)
+
+
+def test_training_batches_depend_only_on_seed_and_epoch():
+    a, b = make_loader(True), make_loader(True)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    b.set_epoch(4)
+    assert not torch.equal(next(iter(a))[1], next(iter(b))[1])
+
+
+def test_training_drops_the_partial_batch_and_evaluation_keeps_every_sample():
+    train_labels = torch.cat([y for _, y in make_loader(True)])
+    assert len(train_labels) == 96 and len(set(train_labels.tolist())) == 96
+    eval_labels = torch.cat([y for _, y in make_loader(False)])
+    assert eval_labels.tolist() == list(range(100))
+
+
+def test_ranks_take_disjoint_shares_of_each_epoch():
+    seen = [torch.cat([y for _, y in make_loader(True, rank=r, world=2)]) for r in range(2)]
+    assert len(seen[0]) == len(seen[1]) == 48
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())
