@@ -1,0 +1,215 @@
+"""The report layer: pictures, self-contained HTML, Markdown, from plain numpy data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet.report import write_report
+from alexnet.report.gallery import most_confused, plot_confused_pairs, plot_filters, select_examples
+from alexnet.report.html import per_class_rows
+from alexnet.report.plots import plot_confusion, plot_curves
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CAT, DOG = 3, 5
+
+
+def _metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """The `alexnet evaluate --json` schema, computed independently with plain numpy."""
+    c = len(classes)
+    pred = probs.argmax(1)
+    cm = np.zeros((c, c), dtype=int)
+    np.add.at(cm, (labels, pred), 1)
+    per_class = {}
+    for i, name in enumerate(classes):
+        tp = cm[i, i]
+        precision = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
+        recall = tp / cm[i].sum() if cm[i].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                           "support": int(cm[i].sum())}
+    top5 = None
+    if c > 5:
+        top5 = float((np.argsort(-probs, 1)[:, :5] == labels[:, None]).any(1).mean())
+    return {"accuracy": float((pred == labels).mean()), "top5": top5, "num_samples": int(len(labels)),
+            "classes": list(classes), "per_class": per_class, "confusion_matrix": cm.tolist()}
+
+
+def _synthetic(n: int, c: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded probs with ~70% accuracy and a planted cat -> dog confusion."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c))
+    logits[np.arange(n), labels] += 2.5
+    cats = np.nonzero(labels == CAT)[0]
+    logits[cats[: int(0.4 * len(cats))], DOG] += 5
+    probs = np.exp(logits)
+    return probs / probs.sum(1, keepdims=True), labels
+
+
+HISTORY = [
+    {"epoch": e, "train_loss": 2.3 / e, "train_acc": 0.3 + 0.1 * e, "val_loss": 2.0 / e**0.5,
+     "val_acc": [0.35, 0.55, 0.52][e - 1], "lr": 0.01 if e < 3 else 0.001, "seconds": 61.2,
+     "images_per_s": 812.4}
+    for e in (1, 2, 3)
+]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One full report over a 2,000-sample split, shared by the tests below (rendering is the slow part)."""
+    probs, labels = _synthetic(2000)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8)
+    calls: list[np.ndarray] = []
+
+    def fetch(idx: np.ndarray) -> np.ndarray:
+        calls.append(np.asarray(idx).copy())
+        return images[idx]
+
+    metrics = _metrics(probs, labels, CLASSES)
+    run_info = {
+        "name": "cifar10 <alexnet> & friends",
+        "config": {"model": "alexnet-cifar", "optim": {"lr": 0.01, "momentum": 0.9}, "epochs": 3,
+                   "data_url": "https://example.org/cifar"},
+        "dataset": "CIFAR-10 (<local>)",
+        "hardware": {"device": "cpu", "threads": 2},
+        "versions": {"torch": "2.13", "python": "3.11"},
+        "train_seconds": 183.6,
+    }
+    out = tmp_path_factory.mktemp("report")
+    paths = write_report(out, metrics=metrics, history=HISTORY, probs=probs, labels=labels, classes=CLASSES,
+                         fetch_images=fetch, filters=np.random.default_rng(2).normal(size=(96, 3, 11, 11)),
+                         run_info=run_info, split="val", seed=0)
+    return {"paths": paths, "out": out, "metrics": metrics, "calls": calls, "probs": probs, "labels": labels}
+
+
+def test_every_file_is_written(report: dict) -> None:
+    out: Path = report["out"]
+    expected = ["curves.png", "confusion.png", "examples.png", "confused_pairs.png", "filters.png",
+                "metrics.json", "report.html", "report.md", "per_class.csv"]
+    for name in expected:
+        assert (out / name).is_file(), name
+    assert {p.name for p in report["paths"].values()} == set(expected)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))  # atomic writes leave no temp files
+    for png in out.glob("*.png"):
+        with Image.open(png) as im:
+            assert im.format == "PNG"
+            assert 400 <= im.width < 3000 and 150 <= im.height < 3000, (png.name, im.size)
+        assert png.stat().st_size < 1_000_000, png.name
+
+
+def test_html_is_self_contained(report: dict) -> None:
+    html = (report["out"] / "report.html").read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html.lower()
+    srcs = re.findall(r"""\bsrc\s*=\s*["']?([^"'\s>]*)""", html, flags=re.I)
+    assert len(srcs) == 5
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<link" not in html.lower() and "@import" not in html and "url(" not in html
+    # user strings are escaped
+    assert "cifar10 &lt;alexnet&gt; &amp; friends" in html and "<alexnet>" not in html
+    assert "CIFAR-10 (&lt;local&gt;)" in html
+
+
+def test_headline_numbers_match_metrics(report: dict) -> None:
+    m = report["metrics"]
+    html = (report["out"] / "report.html").read_text(encoding="utf-8")
+    md = (report["out"] / "report.md").read_text(encoding="utf-8")
+    acc, top5 = f"{m['accuracy'] * 100:.2f}%", f"{m['top5'] * 100:.2f}%"
+    for text in (html, md):
+        assert acc in text and top5 in text and "2,000" in text and "val" in text
+    for name in ("curves", "confusion", "examples", "confused_pairs", "filters"):
+        assert f"![{name}]({name}.png)" in md
+    assert "| cat |" in md and "sorted by F1" in md and "sorted by F1" in html
+    assert json.loads((report["out"] / "metrics.json").read_text()) == m
+
+
+def test_only_shown_images_are_fetched(report: dict) -> None:
+    calls = report["calls"]
+    assert len(calls) == 1
+    fetched = calls[0]
+    assert len(fetched) == len(set(fetched.tolist())) and 16 <= len(fetched) < 100
+    shown = select_examples(report["probs"], report["labels"], n=16, seed=0)
+    assert set(shown.tolist()) <= set(fetched.tolist())
+
+
+def test_per_class_rows_sorted_by_f1_descending(report: dict) -> None:
+    rows = per_class_rows(report["metrics"])
+    assert [r["class"] for r in rows] != CLASSES and sorted(r["class"] for r in rows) == sorted(CLASSES)
+    f1 = [r["f1"] for r in rows]
+    assert f1 == sorted(f1, reverse=True)
+    assert rows[-1]["class"] == "cat"  # the planted confusion makes cat the worst class
+
+
+def test_select_examples_is_seeded_and_mixed() -> None:
+    probs, labels = _synthetic(500)
+    a, b = select_examples(probs, labels, 16, seed=0), select_examples(probs, labels, 16, seed=0)
+    assert np.array_equal(a, b) and len(a) == 16 and len(set(a.tolist())) == 16
+    assert not np.array_equal(a, select_examples(probs, labels, 16, seed=1))
+    pred, conf = probs.argmax(1), probs.max(1)
+    correct = pred[a] == labels[a]
+    assert correct.sum() >= 5 and (~correct).sum() >= 5
+    for kind, mask in ((correct, pred == labels), (~correct, pred != labels)):
+        # a third of the picks come from the 15 (= 3 * 16 // 3) most confident of that kind
+        cutoff = np.sort(conf[mask])[::-1][14]
+        assert (conf[a][kind] >= cutoff).sum() >= 5
+    top2 = np.sort(probs, 1)[:, -2:]
+    assert int(np.argmin(top2[:, 1] - top2[:, 0])) in a.tolist()  # the closest call is shown
+
+    perfect = np.eye(10)[labels] * 0.9 + 0.01  # 100% accuracy: no mistakes to show
+    sel = select_examples(perfect, labels, 16)
+    assert len(sel) == 16 and len(set(sel.tolist())) == 16
+    assert len(select_examples(probs[:5], labels[:5], 16)) == 5
+
+
+def test_most_confused_finds_planted_pair() -> None:
+    probs, labels = _synthetic(2000)
+    cm = np.asarray(_metrics(probs, labels, CLASSES)["confusion_matrix"])
+    pairs = most_confused(cm, CLASSES, k=8)
+    assert pairs[0][:2] == ("cat", "dog") and pairs[0][2] == cm[CAT, DOG]
+    assert len(pairs) == 8 and all(n > 0 for *_, n in pairs)
+    assert [n for *_, n in pairs] == sorted((n for *_, n in pairs), reverse=True)
+    assert most_confused(np.diag([5, 6, 7]), ["a", "b", "c"]) == []
+
+
+def test_edge_cases_plot(tmp_path: Path) -> None:
+    # 100 classes: legible and bounded in size
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 100, 3000)
+    pred = np.where(rng.random(3000) < 0.6, labels, rng.integers(0, 100, 3000))
+    cm = np.zeros((100, 100), dtype=int)
+    np.add.at(cm, (labels, pred), 1)
+    path = plot_confusion(cm, [f"class_{i}" for i in range(100)], tmp_path / "cm100.png")
+    with Image.open(path) as im:
+        assert 400 <= im.width < 3000 and 400 <= im.height < 3000
+    # one epoch, and no validation at all
+    with Image.open(plot_curves(HISTORY[:1], tmp_path / "one.png")) as im:
+        assert im.width >= 400
+    no_val = [dict(r, val_acc=None, val_loss=float("nan")) for r in HISTORY]
+    assert plot_curves(no_val, tmp_path / "noval.png").is_file()
+    # zero confusions, grayscale filters
+    with Image.open(plot_confused_pairs([], {}, tmp_path / "none.png")) as im:
+        assert im.width >= 400
+    with Image.open(plot_filters(rng.normal(size=(64, 1, 7, 7)), tmp_path / "f64.png")) as im:
+        assert im.width >= 400
+
+
+def test_report_without_history_filters_or_mistakes(tmp_path: Path) -> None:
+    classes = ["a", "b", "c"]
+    labels = np.arange(12) % 3
+    probs = np.eye(3)[labels] * 0.8 + 0.2 / 3
+    metrics = _metrics(probs, labels, classes)
+    assert metrics["top5"] is None and metrics["accuracy"] == 1.0
+    paths = write_report(tmp_path, metrics=metrics, history=None, probs=probs, labels=labels, classes=classes,
+                         fetch_images=lambda idx: np.zeros((len(idx), 8, 8, 3), np.uint8), filters=None,
+                         run_info={}, split="test")
+    assert "curves" not in paths and "filters" not in paths
+    html = paths["html"].read_text(encoding="utf-8")
+    assert "100.00%" in html and "No confusions" in html
+    assert "100.00%" in paths["markdown"].read_text(encoding="utf-8")
