@@ -47,3 +47,15 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=600)
+
+
+TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "16", "--lr", "0.05", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_folder, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    cache = tmp_path_factory.mktemp("cache")
+    result = run_cli("train", "--data", tiny_folder, "--out", run, *TRAIN_FLAGS, env={"ALEXNET_DATA": str(cache)})
+    assert result.returncode == 0, result.stderr
+    return run

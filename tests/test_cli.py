@@ -11,18 +11,6 @@ from PIL import Image
 
 from conftest import run_cli
 
-TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "16", "--lr", "0.05", "--quiet"]
-
-
-@pytest.fixture(scope="session")
-def trained_run(tiny_folder, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    cache = tmp_path_factory.mktemp("cache")
-    result = run_cli("train", "--data", tiny_folder, "--out", run, *TRAIN_FLAGS, env={"ALEXNET_DATA": str(cache)})
-    assert result.returncode == 0, result.stderr
-    return run
-
-
 def test_train_writes_a_complete_run_folder(trained_run):
     for name in ["last.pt", "best.pt", "config.json", "history.csv", "history.json"]:
         assert (trained_run / name).is_file(), name

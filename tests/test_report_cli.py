@@ -1,0 +1,38 @@
+"""`alexnet report` end to end: every file, and the same numbers as `alexnet evaluate --json`."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from alexnet.report.plots import format_percent
+from conftest import run_cli
+
+PICTURES = ["curves.png", "confusion.png", "examples.png", "confused_pairs.png", "filters.png"]
+
+
+def test_train_ends_with_a_report_on_the_validation_split(trained_run):
+    report = trained_run / "report"
+    for name in PICTURES + ["metrics.json", "report.html", "report.md"]:
+        assert (report / name).is_file(), name
+    assert json.loads((report / "metrics.json").read_text())["num_samples"] == 12  # 10% of 120
+
+
+def test_report_numbers_equal_evaluate_json(trained_run, tiny_folder, tmp_path):
+    out = tmp_path / "report"
+    result = run_cli("report", trained_run, "--data", tiny_folder, "--split", "test", "--out", out)
+    assert result.returncode == 0, result.stderr
+    evaluated = run_cli("evaluate", trained_run / "best.pt", "--data", tiny_folder, "--split", "test",
+                        "--json", tmp_path / "eval.json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    expected = json.loads((tmp_path / "eval.json").read_text())
+    assert json.loads((out / "metrics.json").read_text()) == expected
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    headline = format_percent(expected["accuracy"])
+    assert headline in html and headline in md
+    for name in PICTURES:
+        with Image.open(out / name) as im:
+            assert im.width >= 300 and im.height >= 150, name
+    assert "http://" not in html and "https://" not in html and "<script" not in html.lower()
