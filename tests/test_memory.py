@@ -78,3 +78,19 @@ def test_ranks_take_disjoint_shares_of_each_epoch():
     seen = [torch.cat([y for _, y in make_loader(True, rank=r, world=2)]) for r in range(2)]
     assert len(seen[0]) == len(seen[1]) == 48
     assert not set(seen[0].tolist()) & set(seen[1].tolist())
+
+
+def test_two_ranks_together_see_exactly_the_batches_of_one_process():
+    images = torch.randint(0, 255, (100, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = Normalizer([0.5] * 3, [0.25] * 3, 8, torch.device("cpu"))
+
+    def loader(batch, rank, world):
+        return BatchLoader(images, torch.arange(100), batch, norm, train=True, crop_padding=2, flip=True,
+                           seed=5, rank=rank, world_size=world)
+
+    single = list(loader(32, 0, 1))
+    ranks = [list(loader(16, r, 2)) for r in range(2)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 3
+    for (x1, y1), (xa, ya), (xb, yb) in zip(single, *ranks):
+        assert torch.equal(x1[0::2], xa) and torch.equal(x1[1::2], xb)
+        assert torch.equal(y1[0::2], ya) and torch.equal(y1[1::2], yb)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,11 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
     else:
         cfg = apply_overrides(config or preset_config(preset), options_to_overrides(options))
         run = run_training(cfg, out, stop_after_epoch=stop_after_epoch, progress=progress)
+    from .engine.distributed import teardown
+
+    teardown()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return run
     cfg = RunConfig.from_dict(load_config_dict(run))
     if cfg.train.report and (run / "best.pt").exists():
         report(run, split="val" if cfg.data.val_split > 0 else "train", quiet=not progress)

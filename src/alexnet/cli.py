@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--label-smoothing", type=float)
     t.add_argument("--warmup-epochs", type=float)
+    t.add_argument("--dropout", type=float, help="dropout before the hidden FC layers (0 = none)")
+    t.add_argument("--accum-steps", type=positive_int, help="gradient accumulation: micro-batches per step")
+    t.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     t.add_argument("--val-split", type=float, help="fraction of the training split held out (default 0.1)")
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="image-decoding processes (0 = all cores)")
@@ -93,11 +96,13 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     picks = {
         "data": {"source": args.data, "image_size": args.image_size, "val_split": args.val_split,
                  "workers": args.workers},
-        "model": {"name": args.model, "norm": args.norm, "groups": args.groups, "init": args.init},
+        "model": {"name": args.model, "norm": args.norm, "groups": args.groups, "init": args.init,
+                  "dropout": args.dropout},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                   "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
                   "warmup_epochs": args.warmup_epochs, "seed": args.seed, "device": args.device,
-                  "amp": args.amp, "compile": args.compile},
+                  "amp": args.amp, "compile": args.compile,
+                  "accum_steps": args.accum_steps, "sync_bn": args.sync_bn},
     }
     out = {section: {k: v for k, v in values.items() if v is not None} for section, values in picks.items()}
     if args.no_report:

@@ -55,6 +55,8 @@ class TrainConfig:
     channels_last: bool = True
     amp: str = "auto"  # auto (bf16 on CUDA only) | bf16 | off
     compile: bool = False
+    accum_steps: int = 1  # gradient accumulation: micro-batches per optimiser step
+    sync_bn: bool = False  # SyncBatchNorm across ranks (multi-process runs)
     report: bool = True  # write the HTML report at the end of training
 
 
@@ -124,6 +126,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0 <= t.momentum < 1, "--momentum must be in [0, 1)"),
         (t.weight_decay >= 0, "--weight-decay must be >= 0"),
         (0 <= t.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+        (t.accum_steps >= 1, "--accum-steps must be >= 1"),
         (t.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (t.schedule in ("linear", "cosine"), "--schedule must be linear or cosine"),
         (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),

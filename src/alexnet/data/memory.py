@@ -62,14 +62,17 @@ def to_device_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
 
 
-def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate every image by up to `padding` px (zero fill), each by its own random offset."""
-    if padding == 0:
-        return x
+def crop_offsets(n: int, padding: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (dy, dx) in [0, 2*padding] for n images."""
+    return (torch.randint(0, 2 * padding + 1, (n,), generator=gen),
+            torch.randint(0, 2 * padding + 1, (n,), generator=gen))
+
+
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
+    """Crop each zero-padded image at its own offset: a translation by up to `padding` px."""
     n, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+    dy, dx = dy.to(x.device), dx.to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n,1,h,1)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (n,1,1,w)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -77,10 +80,21 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Te
     return padded[batch, chan, rows, cols]
 
 
+def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate every image by up to `padding` px (zero fill), each by its own random offset."""
+    if padding == 0:
+        return x
+    return translate(x, *crop_offsets(x.shape[0], padding, gen), padding)
+
+
+def mirror(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images where `mask` is true."""
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
-    mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
-    return torch.where(mask[:, None, None, None], x.flip(3), x)
+    return mirror(x, torch.rand(x.shape[0], generator=gen) < 0.5)
 
 
 class Normalizer:
@@ -118,33 +132,44 @@ class BatchLoader:
         """Order and augmentation depend only on (seed, epoch): a resumed run sees the same batches."""
         self.epoch = epoch
 
-    def _indices(self, gen: torch.Generator) -> torch.Tensor:
+    def _global_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
         n = len(self.labels)
         if not self.train:
-            return torch.arange(n)
-        idx = torch.randperm(n, generator=gen)
-        # Whole global batches only, so batch-norm never sees a batch of one; ranks take strided shares.
+            # Evaluation: every sample once; ranks take strided shares, gathered again by the caller.
+            idx = torch.arange(n)[self.rank::self.world_size]
+            return list(idx.split(self.batch_size))
+        # Whole global batches only, so batch norm never sees a batch of one.
         global_batch = self.batch_size * self.world_size
+        idx = torch.randperm(n, generator=gen)
         usable = (n // global_batch) * global_batch if n >= global_batch else n - n % self.world_size
-        return idx[:usable][self.rank::self.world_size]
+        return list(idx[:usable].split(global_batch))
 
     def __len__(self) -> int:
         n = len(self.labels)
         if not self.train:
-            return -(-n // self.batch_size)
-        global_batch = self.batch_size * self.world_size
-        return max(n // global_batch, 1)
+            return -(-len(range(self.rank, n, self.world_size)) // self.batch_size)
+        return max(n // (self.batch_size * self.world_size), 1)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        idx = self._indices(gen)
-        for start in range(0, len(idx), self.batch_size):
-            b = idx[start:start + self.batch_size].to(self.images.device)
-            x = self.images[b]
-            if self.train and self.crop_padding:
-                x = random_crop(x, self.crop_padding, gen)
-            if self.train and self.flip:
-                x = random_flip(x, gen)
+        for g in self._global_batches(gen):
+            if self.train:
+                # Augmentation is drawn for the whole global batch and then sharded, so N ranks see
+                # exactly the images one process would (same crops, same flips).
+                if self.crop_padding:
+                    dy, dx = crop_offsets(len(g), self.crop_padding, gen)
+                if self.flip:
+                    flips = torch.rand(len(g), generator=gen) < 0.5
+                share = slice(self.rank, None, self.world_size)
+                b = g[share].to(self.images.device)
+                x = self.images[b]
+                if self.crop_padding:
+                    x = translate(x, dy[share], dx[share], self.crop_padding)
+                if self.flip:
+                    x = mirror(x, flips[share])
+            else:
+                b = g.to(self.images.device)
+                x = self.images[b]
             yield self.normalize(x), self.labels[b]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -21,6 +22,7 @@ from ..errors import AlexnetError
 from ..models import create_model, default_image_size
 from .checkpoint import (atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
                          write_json)
+from . import distributed
 from .device import autocast, hardware_info, resolve_device, versions
 from .evaluation import collect_logits, loss_and_accuracy
 from .optim import build_optimizer, build_scheduler
@@ -78,10 +80,11 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
 
 def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
                     scheduler: Any, cfg: RunConfig, device: torch.device, progress: EpochProgress,
-                    epoch: int) -> tuple[float, float, int]:
-    """One pass over the training split; returns (mean loss, accuracy, images seen)."""
+                    epoch: int, info: distributed.Dist) -> tuple[float, float, int]:
+    """One pass over the training split; returns (mean loss, accuracy, images seen), reduced over ranks."""
     model.train()
     loader.set_epoch(epoch)
+    accum = cfg.train.accum_steps
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0
@@ -89,25 +92,44 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
     progress.start(f"epoch {epoch + 1}/{cfg.train.epochs}", len(loader))
     try:
         for step, (x, y) in enumerate(prefetch(iter(loader))):
-            with autocast(device, cfg.train.amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.train.label_smoothing)
-            if not math.isfinite(loss.item()):
+            logits, loss = None, torch.zeros((), device=device)
+            for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum))):
+                # DDP all-reduces gradients on the last micro-batch only.
+                sync = i == accum - 1 or not info.enabled
+                with (model.no_sync() if not sync else contextlib.nullcontext()), autocast(device, cfg.train.amp):
+                    out = model(xm)
+                    micro = F.cross_entropy(out, ym, label_smoothing=cfg.train.label_smoothing) * (len(ym) / len(y))
+                micro.backward()
+                loss += micro.detach()
+                logits = out.detach() if logits is None else torch.cat([logits, out.detach()])
+            bad = not math.isfinite(loss.item())
+            if distributed.broadcast_flag(bad, device) if info.enabled else bad:
                 raise AlexnetError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                                    "training stopped and the last good checkpoint is kept; try a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             if step % 5 == 0 or step + 1 == len(loader):
-                rate = seen / (time.perf_counter() - start)
+                rate = seen * info.world_size / (time.perf_counter() - start)
                 progress.update(step + 1, loss_sum.item() / seen, correct.item() / seen, rate)
     finally:
         progress.stop()
-    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
+    n = max(totals[2].item(), 1)
+    return totals[0].item() / n, totals[1].item() / n, int(totals[2].item())
+
+
+def validate_epoch(model: nn.Module, loader: BatchLoader, cfg: RunConfig, device: torch.device,
+                   info: distributed.Dist) -> tuple[float, float]:
+    """Validation loss and accuracy over the whole split: each rank runs a share, the logits are gathered."""
+    logits, labels = collect_logits(model, loader, device, cfg.train.amp, cfg.train.tta)
+    total = len(loader.labels)
+    logits = distributed.gather_strided(logits.to(device), total, info).cpu()
+    labels = distributed.gather_strided(labels.to(device), total, info).cpu()
+    return loss_and_accuracy(logits, labels)
 
 
 def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState, cfg: RunConfig,
@@ -127,10 +149,13 @@ def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: Tr
     return ckpt
 
 
-def train(cfg: RunConfig, out: str | Path | None = None, *, resume: str | Path | None = None,
+def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str | Path | None = None,
           epochs: int | None = None, device: str | None = None, stop_after_epoch: int | None = None,
           progress: bool = True) -> Path:
-    """Train `cfg` into a run folder (or continue the run in `resume`) and return the folder."""
+    """Train `cfg` into a run folder (or continue the run in `resume`) and return the folder.
+
+    Under torchrun every rank calls this; rank 0 alone prints and writes files.
+    """
     state = TrainState()
     ckpt = None
     if resume is not None:
@@ -138,17 +163,20 @@ def train(cfg: RunConfig, out: str | Path | None = None, *, resume: str | Path |
         ckpt = load_checkpoint(out / "last.pt")
         cfg = RunConfig.from_dict(ckpt["config"])
         state = TrainState(ckpt["epoch"], ckpt["history"], ckpt["best_val_acc"], ckpt["train_seconds"])
+    assert cfg is not None
     # Flags that may change on resume: more epochs, another device.
     if epochs is not None:
         cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
     if device is not None:
         cfg = replace(cfg, train=replace(cfg.train, device=device))
     validate(cfg)
+    info, dev = distributed.setup(resolve_device(cfg.train.device))
+    micro_batch = distributed.check_batch(cfg.train.batch_size, info.world_size, cfg.train.accum_steps)
     out = Path(out) if out is not None else new_run_dir(cfg)
-    prepare_run_dir(out, resume is not None)
-    dev = resolve_device(cfg.train.device)
+    if info.is_main:
+        prepare_run_dir(out, resume is not None)
     torch.manual_seed(cfg.train.seed)
-    ui = EpochProgress(progress)
+    ui = EpochProgress(progress and info.is_main)
 
     t0 = time.perf_counter()
     splits = load_splits(cfg.data.source, cfg.data.val_split, cfg.data.split_seed, cfg.data.cache_dir,
@@ -164,15 +192,16 @@ def train(cfg: RunConfig, out: str | Path | None = None, *, resume: str | Path |
 
     model = build_model(cfg, len(splits.classes), image_size, dev)
     normalize = Normalizer(mean, std, image_size, dev, cfg.train.channels_last)
+    shard = {"rank": info.rank, "world_size": info.world_size}
     train_loader = BatchLoader(to_device_tensor(splits.train.images, dev),
-                               torch.from_numpy(splits.train.labels).to(dev), cfg.train.batch_size, normalize,
-                               train=True, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
-                               seed=cfg.train.seed)
+                               torch.from_numpy(splits.train.labels).to(dev), micro_batch * cfg.train.accum_steps,
+                               normalize, train=True, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
+                               seed=cfg.train.seed, **shard)
     val_loader = None
     if splits.val is not None:
         val_loader = BatchLoader(to_device_tensor(splits.val.images, dev),
-                                 torch.from_numpy(splits.val.labels).to(dev), max(cfg.train.batch_size, 256),
-                                 normalize, train=False)
+                                 torch.from_numpy(splits.val.labels).to(dev), max(micro_batch, 256),
+                                 normalize, train=False, **shard)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, len(train_loader))
     if ckpt is not None:
@@ -180,25 +209,27 @@ def train(cfg: RunConfig, out: str | Path | None = None, *, resume: str | Path |
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         restore_rng_state(ckpt["rng"])
-    run_model = torch.compile(model) if cfg.train.compile else model
+    run_model = wrap_model(model, cfg, info, dev)
 
-    write_json(out / "config.json", {"config": cfg.to_dict(), "dataset": splits.description,
-                                     "num_train": len(splits.train),
-                                     "num_val": len(splits.val) if splits.val else 0,
-                                     **meta, "versions": versions(), "hardware": hardware_info(dev)})
+    if info.is_main:
+        write_json(out / "config.json", {"config": cfg.to_dict(), "dataset": splits.description,
+                                         "num_train": len(splits.train),
+                                         "num_val": len(splits.val) if splits.val else 0, **meta,
+                                         "world_size": info.world_size, "versions": versions(),
+                                         "hardware": hardware_info(dev)})
     ui.print(f"model: {cfg.model.name} at {image_size}px, "
-             f"{sum(p.numel() for p in model.parameters()):,} parameters; device {dev}; run folder {out}")
+             f"{sum(p.numel() for p in model.parameters()):,} parameters; device {dev}"
+             f"{f' x {info.world_size} processes' if info.enabled else ''}; run folder {out}")
 
     last_epoch = cfg.train.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.train.epochs)
     for epoch in range(state.epoch, last_epoch):
         start = time.perf_counter()
         train_loss, train_acc, seen = train_one_epoch(run_model, train_loader, optimizer, scheduler, cfg, dev,
-                                                      ui, epoch)
+                                                      ui, epoch, info)
         train_time = time.perf_counter() - start
         val_loss = val_acc = float("nan")
         if val_loader is not None:
-            logits, labels = collect_logits(run_model, val_loader, dev, cfg.train.amp, cfg.train.tta)
-            val_loss, val_acc = loss_and_accuracy(logits, labels)
+            val_loss, val_acc = validate_epoch(run_model, val_loader, cfg, dev, info)
         seconds = time.perf_counter() - start
         state.epoch = epoch + 1
         state.train_seconds += seconds
@@ -211,12 +242,31 @@ def train(cfg: RunConfig, out: str | Path | None = None, *, resume: str | Path |
         improved = score > state.best_val_acc
         if improved:
             state.best_val_acc = score
-        save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True))
-        if improved:
-            save_checkpoint(out / "best.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, False))
-        write_history(out, state.history)
+        if info.is_main:
+            save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True))
+            if improved:
+                save_checkpoint(out / "best.pt",
+                                checkpoint_state(model, optimizer, scheduler, state, cfg, meta, False))
+            write_history(out, state.history)
         val_text = f"val loss {val_loss:.3f} acc {val_acc * 100:.2f}%" if val_loader is not None else "no val"
         ui.print(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  train loss {train_loss:.3f} acc {train_acc * 100:.2f}%"
                  f"  {val_text}  lr {optimizer.param_groups[0]['lr']:.4g}  {seen / train_time:,.0f} img/s"
                  f"  {seconds:.1f}s{'  *best' if improved and val_loader is not None else ''}")
+    if info.enabled:
+        prints = distributed.weight_fingerprints(model, info)
+        if info.is_main:
+            write_json(out / "distributed.json", {"world_size": info.world_size, "weight_fingerprints": prints,
+                                                  "replicas_identical": all(p == prints[0] for p in prints)})
     return out
+
+
+def wrap_model(model: nn.Module, cfg: RunConfig, info: distributed.Dist, device: torch.device) -> nn.Module:
+    """The module the loop calls: optionally SyncBatchNorm + DistributedDataParallel, then torch.compile."""
+    if info.enabled:
+        if cfg.train.sync_bn:
+            if device.type != "cuda":
+                raise AlexnetError("--sync-bn needs CUDA devices (torch's SyncBatchNorm has no CPU kernel); "
+                                   "drop --sync-bn on CPU")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(model) if cfg.train.compile else model

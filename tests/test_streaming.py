@@ -1,0 +1,204 @@
+"""The streaming image-folder pipeline: crops, ten-crop, determinism, sharding, lighting, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import alexnet.data.lighting as lighting_module
+from alexnet.data.folder import scan_folder
+from alexnet.data.images import load_rgb
+from alexnet.data.lighting import LightingPCA, color_stats, dataset_mean_std
+from alexnet.data.memory import BatchLoader
+from alexnet.data.streaming import StreamingLoader, random_resized_box, resize_shorter
+from alexnet.errors import AlexnetError
+
+CPU = torch.device("cpu")
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+SIZES = [(80, 60), (50, 90), (64, 64), (90, 50), (60, 80), (70, 70)]  # (width, height)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """3 classes x 6 images of mixed sizes and formats; class c has a bright channel c."""
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["ant", "bee", "cow"]):
+        (root / "train" / name).mkdir(parents=True)
+        for i, (w, h) in enumerate(SIZES):
+            pixels = rng.integers(0, 100, (h, w, 3), dtype=np.uint8)
+            pixels[..., c] += 130
+            suffix = "png" if i % 2 else "jpg"
+            Image.fromarray(pixels).save(root / "train" / name / f"{i}.{suffix}", quality=95)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(folder) -> tuple[list[Path], list[int]]:
+    return scan_folder(folder).splits["train"]
+
+
+def make(data, *, train=True, batch_size=4, image_size=32, workers=0, **kw) -> StreamingLoader:
+    paths, labels = data
+    kw.setdefault("resize", 40)
+    return StreamingLoader(paths, labels, batch_size, train=train, image_size=image_size, mean=MEAN, std=STD,
+                           device=CPU, workers=workers, **kw)
+
+
+def pixels(x: torch.Tensor) -> torch.Tensor:
+    """Undo the normalisation: back to 0..255 units."""
+    return x * 0.25 * 255 + 0.5 * 255
+
+
+def batches(loader: StreamingLoader, epoch: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def test_training_batches_are_normalised_channels_last_with_the_right_labels(data):
+    loader = make(data)
+    out = batches(loader)
+    assert len(loader) == len(out) == 18 // 4  # the partial last batch is dropped
+    for x, y in out:
+        assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        raw = pixels(x)
+        assert raw.min() > -0.01 and raw.max() < 255.01
+        # The bright channel survives any crop: it names the class.
+        assert torch.equal(raw.mean(dim=(2, 3)).argmax(1), y)
+    seen = torch.cat([y for _, y in out])
+    assert torch.equal(seen, torch.tensor(data[1])[loader._order()])
+
+
+def test_eval_is_the_deterministic_centre_crop_of_the_resized_image(data):
+    loader = make(data, train=False, batch_size=5)
+    first, second = batches(loader, 0), batches(loader, 3)
+    assert len(loader) == len(first) == 4 and first[-1][0].shape == (3, 3, 32, 32)  # eval keeps all 18
+    for (x1, y1), (x2, y2) in zip(first, second):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert torch.equal(torch.cat([y for _, y in first]), torch.tensor(data[1]))
+    img = resize_shorter(load_rgb(data[0][0]), 40)  # 80x60 -> 53x40
+    left, top = round((img.size[0] - 32) / 2), round((img.size[1] - 32) / 2)
+    ref = torch.from_numpy(np.asarray(img.crop((left, top, left + 32, top + 32)), dtype=np.float32)).permute(2, 0, 1)
+    assert torch.allclose(pixels(first[0][0][0]), ref, atol=1e-3)
+
+
+def test_ten_crop_gives_five_views_and_their_mirrors(data):
+    x, y = next(iter(make(data, train=False, ten_crop=True)))
+    assert x.shape == (4, 10, 3, 32, 32) and y.shape == (4,)
+    assert torch.equal(x[:, 5:], x[:, :5].flip(-1))
+    centre, _ = next(iter(make(data, train=False)))
+    assert torch.equal(x[:, 4], centre)
+    flat = x.flatten(0, 1)  # what the evaluation loop feeds the model
+    assert flat.shape == (40, 3, 32, 32) and flat.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_paper_crop_is_a_window_of_the_resized_image_possibly_mirrored(data):
+    loader = make(data, crop="paper", image_size=24, resize=28, batch_size=3)
+    x, _ = next(iter(loader))
+    assert x.shape == (3, 3, 24, 24)
+    index = int(loader._order()[0])
+    img = np.asarray(resize_shorter(load_rgb(data[0][index]), 28), dtype=np.float32)
+    got = pixels(x[0]).permute(1, 2, 0)
+    windows = [img[t:t + 24, l:l + 24] for t in range(img.shape[0] - 23) for l in range(img.shape[1] - 23)]
+    assert any(np.allclose(got, w, atol=1e-3) or np.allclose(got, w[:, ::-1], atol=1e-3) for w in windows)
+
+
+def test_same_seed_and_epoch_give_identical_batches_for_any_worker_count(data):
+    pca = LightingPCA([0.05, 0.01, 0.001], np.eye(3).tolist())
+    one = batches(make(data, workers=0, seed=7, lighting=pca), epoch=2)
+    two = batches(make(data, workers=2, seed=7, lighting=pca), epoch=2)
+    assert len(one) == len(two) == 4
+    for (x1, y1), (x2, y2) in zip(one, two):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_a_different_epoch_or_seed_gives_a_different_order(data):
+    loader = make(data, image_size=16)
+    a, b = batches(loader, 0), batches(loader, 1)
+    assert not torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in b])) or \
+        not torch.equal(a[0][0], b[0][0])
+    assert not torch.equal(loader._order(), make(data, seed=1)._order())
+
+
+def test_ranks_take_disjoint_strided_shares_of_the_batchloader_order(data):
+    shares = [make(data, batch_size=4, rank=r, world_size=2) for r in range(2)]
+    orders = [s._order() for s in shares]
+    assert [len(s) for s in shares] == [2, 2] and [len(o) for o in orders] == [8, 8]  # 18 -> 2 global batches of 8
+    assert not set(orders[0].tolist()) & set(orders[1].tolist())
+    memory = BatchLoader(torch.zeros(18, 3, 4, 4), torch.arange(18), 4, None, train=True, rank=1, world_size=2)
+    assert torch.equal(memory._indices(torch.Generator().manual_seed(0)), orders[1])
+    assert sum(1 for _ in shares[1]) == 2
+    small = make(data, batch_size=16, world_size=2)  # fewer samples than one global batch
+    assert len(small) == 1 and next(iter(small))[0].shape[0] == 9
+
+
+def test_random_resized_box_stays_inside_and_falls_back_to_the_centre():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        left, top, w, h = random_resized_box(80, 60, rng)
+        assert 0 <= left and left + w <= 80 and 0 <= top and top + h <= 60 and w > 0 and h > 0
+    # A strip no crop with aspect in [3/4, 4/3] can sample well: the centre fallback clamps the aspect.
+    assert random_resized_box(1000, 10, np.random.default_rng(0), scale=(0.9, 1.0)) == (493, 0, 13, 10)
+
+
+def test_lighting_pca_is_orthonormal_identity_at_zero_std_and_seeded(data):
+    pca = LightingPCA.from_images(data[0], max_images=10)
+    vecs = pca.eigvecs
+    assert torch.allclose(vecs.T @ vecs, torch.eye(3), atol=1e-5)
+    assert (pca.eigvals >= 0).all() and torch.all(pca.eigvals[:-1] >= pca.eigvals[1:])
+    x = torch.rand(4, 3, 8, 8) * 255
+    assert torch.equal(LightingPCA(pca.eigvals, vecs, alpha_std=0.0)(x, torch.Generator()), x)
+    shifted = pca(x, torch.Generator().manual_seed(1))
+    delta = shifted - x
+    assert torch.allclose(delta, delta[:, :, :1, :1].expand_as(delta), atol=1e-4)  # one shift per image
+    assert torch.equal(shifted, pca(x, torch.Generator().manual_seed(1)))
+    again = LightingPCA.from_dict(json.loads(json.dumps(pca.to_dict())))
+    assert torch.equal(again.eigvals, pca.eigvals) and torch.equal(again.eigvecs, pca.eigvecs)
+
+
+def test_colour_stats_are_cached_and_recomputed_when_damaged(data, tmp_path, monkeypatch):
+    cache = tmp_path / "stats" / "color.json"
+    stats = color_stats(data[0], cache, max_images=6)
+    assert cache.exists() and len(stats.mean) == 3 and all(s > 0 for s in stats.std)
+
+    def boom(*args):
+        raise AssertionError("recomputed despite a valid cache")
+
+    with monkeypatch.context() as m:
+        m.setattr(lighting_module, "_compute", boom)
+        assert color_stats(data[0], cache, max_images=6) == stats
+        assert dataset_mean_std(data[0], max_images=6, cache_path=cache) == (stats.mean, stats.std)
+        assert torch.equal(LightingPCA.cached(data[0], cache, max_images=6).eigvals,
+                           torch.tensor(stats.eigvals, dtype=torch.float32))
+    cache.write_text("{not json")
+    assert color_stats(data[0], cache, max_images=6) == stats and json.loads(cache.read_text())["key"]
+    # A bright-red-dominated sample: the red mean must exceed the others.
+    reds = [p for p, label in zip(*data) if label == 0]
+    red = color_stats(reds)
+    assert red.mean[0] > red.mean[1] + 0.2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_file_stops_the_epoch_with_an_error_naming_it(folder, tmp_path, workers):
+    root = tmp_path / "broken"
+    shutil.copytree(folder, root)
+    bad = root / "train" / "bee" / "2.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # a truncated JPEG
+    loader = make(scan_folder(root).splits["train"], train=False, workers=workers)
+    with pytest.raises(AlexnetError, match="2.jpg") as info:
+        list(loader)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_settings_are_user_errors(data):
+    with pytest.raises(AlexnetError, match="crop"):
+        make(data, crop="centre")
+    with pytest.raises(AlexnetError, match="resize"):
+        make(data, image_size=64, resize=48)
