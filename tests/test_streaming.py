@@ -15,7 +15,7 @@ import alexnet.data.lighting as lighting_module
 from alexnet.data.folder import scan_folder
 from alexnet.data.images import load_rgb
 from alexnet.data.lighting import LightingPCA, color_stats, dataset_mean_std
-from alexnet.data.memory import BatchLoader
+from alexnet.data.memory import BatchLoader, Normalizer
 from alexnet.data.streaming import StreamingLoader, random_resized_box, resize_shorter
 from alexnet.errors import AlexnetError
 
@@ -56,6 +56,11 @@ def pixels(x: torch.Tensor) -> torch.Tensor:
     return x * 0.25 * 255 + 0.5 * 255
 
 
+def indices(loader) -> list[list[int]]:
+    """The sample indices of each batch (for loaders given labels 0..N-1)."""
+    return [y.tolist() for _, y in loader]
+
+
 def batches(loader: StreamingLoader, epoch: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     loader.set_epoch(epoch)
     return list(loader)
@@ -73,7 +78,7 @@ def test_training_batches_are_normalised_channels_last_with_the_right_labels(dat
         # The bright channel survives any crop: it names the class.
         assert torch.equal(raw.mean(dim=(2, 3)).argmax(1), y)
     seen = torch.cat([y for _, y in out])
-    assert torch.equal(seen, torch.tensor(data[1])[loader._order()])
+    assert torch.equal(seen, torch.tensor(data[1])[torch.cat(loader._shares(loader._global_batches()))])
 
 
 def test_eval_is_the_deterministic_centre_crop_of_the_resized_image(data):
@@ -103,7 +108,7 @@ def test_paper_crop_is_a_window_of_the_resized_image_possibly_mirrored(data):
     loader = make(data, crop="paper", image_size=24, resize=28, batch_size=3)
     x, _ = next(iter(loader))
     assert x.shape == (3, 3, 24, 24)
-    index = int(loader._order()[0])
+    index = int(loader._global_batches()[0][0])
     img = np.asarray(resize_shorter(load_rgb(data[0][index]), 28), dtype=np.float32)
     got = pixels(x[0]).permute(1, 2, 0)
     windows = [img[t:t + 24, l:l + 24] for t in range(img.shape[0] - 23) for l in range(img.shape[1] - 23)]
@@ -120,23 +125,43 @@ def test_same_seed_and_epoch_give_identical_batches_for_any_worker_count(data):
 
 
 def test_a_different_epoch_or_seed_gives_a_different_order(data):
-    loader = make(data, image_size=16)
-    a, b = batches(loader, 0), batches(loader, 1)
-    assert not torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in b])) or \
-        not torch.equal(a[0][0], b[0][0])
-    assert not torch.equal(loader._order(), make(data, seed=1)._order())
+    ids = (data[0], list(range(18)))
+    loader = make(ids, image_size=8)
+    loader.set_epoch(0)
+    first = indices(loader)
+    assert indices(loader) == first  # the same epoch again: the same order
+    loader.set_epoch(1)
+    assert indices(loader) != first
+    assert indices(make(ids, image_size=8, seed=1)) != first
 
 
-def test_ranks_take_disjoint_strided_shares_of_the_batchloader_order(data):
-    shares = [make(data, batch_size=4, rank=r, world_size=2) for r in range(2)]
-    orders = [s._order() for s in shares]
-    assert [len(s) for s in shares] == [2, 2] and [len(o) for o in orders] == [8, 8]  # 18 -> 2 global batches of 8
-    assert not set(orders[0].tolist()) & set(orders[1].tolist())
-    memory = BatchLoader(torch.zeros(18, 3, 4, 4), torch.arange(18), 4, None, train=True, rank=1, world_size=2)
-    assert torch.equal(memory._indices(torch.Generator().manual_seed(0)), orders[1])
-    assert sum(1 for _ in shares[1]) == 2
-    small = make(data, batch_size=16, world_size=2)  # fewer samples than one global batch
+def test_ranks_take_disjoint_strided_shares_like_batchloader(data):
+    ids = (data[0], list(range(18)))
+    shares = [make(ids, batch_size=4, image_size=8, rank=r, world_size=2) for r in range(2)]
+    got = [indices(s) for s in shares]
+    assert [len(s) for s in shares] == [len(g) for g in got] == [2, 2]  # 18 -> 2 global batches of 8
+    assert all(len(b) == 4 for g in got for b in g)
+    assert not {i for b in got[0] for i in b} & {i for b in got[1] for i in b}
+    norm = Normalizer(MEAN, STD, 4, CPU)
+    for rank in range(2):
+        memory = BatchLoader(torch.zeros(18, 3, 4, 4, dtype=torch.uint8), torch.arange(18), 4, norm,
+                             train=True, rank=rank, world_size=2)
+        assert indices(memory) == got[rank]
+        evaluation = BatchLoader(torch.zeros(18, 3, 4, 4, dtype=torch.uint8), torch.arange(18), 4, norm,
+                                 train=False, rank=rank, world_size=2)
+        assert indices(make(ids, train=False, image_size=8, rank=rank, world_size=2)) == indices(evaluation)
+    small = make(data, batch_size=16, image_size=8, world_size=2)  # fewer samples than one global batch
     assert len(small) == 1 and next(iter(small))[0].shape[0] == 9
+
+
+def test_ranks_see_exactly_what_one_process_sees_lighting_included(data):
+    pca = LightingPCA([0.05, 0.01, 0.001], np.eye(3).tolist())
+    whole = batches(make(data, batch_size=4, image_size=16, lighting=pca, seed=3), epoch=1)
+    for rank in range(2):
+        share = batches(make(data, batch_size=2, image_size=16, lighting=pca, seed=3, rank=rank, world_size=2), 1)
+        assert len(share) == len(whole)
+        for (xs, ys), (xw, yw) in zip(share, whole):
+            assert torch.equal(ys, yw[rank::2]) and torch.allclose(xs, xw[rank::2])
 
 
 def test_random_resized_box_stays_inside_and_falls_back_to_the_centre():

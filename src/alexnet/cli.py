@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--label-smoothing", type=float)
     t.add_argument("--warmup-epochs", type=float)
+    t.add_argument("--schedule", choices=["linear", "cosine", "plateau"], help="learning-rate decay")
     t.add_argument("--dropout", type=float, help="dropout before the hidden FC layers (0 = none)")
     t.add_argument("--accum-steps", type=positive_int, help="gradient accumulation: micro-batches per step")
     t.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
@@ -100,7 +101,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                   "dropout": args.dropout},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                   "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
-                  "warmup_epochs": args.warmup_epochs, "seed": args.seed, "device": args.device,
+                  "warmup_epochs": args.warmup_epochs, "schedule": args.schedule, "seed": args.seed, "device": args.device,
                   "amp": args.amp, "compile": args.compile,
                   "accum_steps": args.accum_steps, "sync_bn": args.sync_bn},
     }

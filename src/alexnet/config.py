@@ -48,7 +48,8 @@ class TrainConfig:
     weight_decay: float = 5e-4  # applied to conv/linear weights only, not to biases or norm scales
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
-    schedule: str = "linear"  # linear | cosine decay to zero after warm-up
+    schedule: str = "linear"  # linear | cosine decay to zero after warm-up | plateau (the paper's /10)
+    plateau_patience: int = 2  # epochs without a better val accuracy before a plateau schedule divides by 10
     tta: bool = True  # evaluate on the image and its mirror, average the logits
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -128,7 +129,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0 <= t.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
         (t.accum_steps >= 1, "--accum-steps must be >= 1"),
         (t.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
-        (t.schedule in ("linear", "cosine"), "--schedule must be linear or cosine"),
+        (t.schedule in ("linear", "cosine", "plateau"), "--schedule must be linear, cosine or plateau"),
         (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
          "--device must be auto, cpu, cuda or mps"),
         (t.amp in ("auto", "bf16", "off"), "--amp must be auto, bf16 or off"),

@@ -213,9 +213,13 @@ class StreamingLoader:
     shape (B, 3, S, S) in channels-last memory; ``y`` is int64 (B,). Training (``train=True``):
     a shuffled order per epoch (see :meth:`set_epoch`), the crop ``crop`` ("random-resized" or
     "paper", see :data:`CROPS`), a mirror with p=0.5 when ``flip``, then ``lighting`` (PCA colour
-    noise) on the device; batches hold whole global batches only, and ranks take strided shares,
-    as in ``BatchLoader``. Evaluation: every sample in file order (on every rank, as in
-    ``BatchLoader``), shorter side resized to ``resize`` and the centre ``image_size`` crop.
+    noise) on the device. As in ``BatchLoader``, an epoch holds whole global batches
+    (``batch_size * world_size``) only and each rank takes a strided share of every global batch;
+    all randomness is drawn per global batch or per sample, so N ranks see exactly the images one
+    process would. Evaluation: every sample once, in file order, each rank taking the strided
+    share ``rank::world_size`` (the caller gathers them back); the shorter side is resized to
+    ``resize`` and the centre ``image_size`` crop taken. ``labels`` holds all labels (CPU, int64,
+    file order), so ``len(loader.labels)`` is the size of the split as with ``BatchLoader``.
 
     With ``ten_crop=True`` (evaluation) each sample is the paper's ten views: the four corner crops
     and the centre crop, then the mirror images of those five in the same order, so ``x`` has shape
@@ -256,8 +260,9 @@ class StreamingLoader:
         self.channels_last = channels_last
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.epoch = 0
+        self.labels = torch.tensor([int(v) for v in labels], dtype=torch.int64)
         transform = _Transform(train, image_size, crop, resize, ten_crop and not train, flip)
-        self._dataset = _ImageFiles([os.fspath(p) for p in paths], [int(v) for v in labels], transform, seed)
+        self._dataset = _ImageFiles([os.fspath(p) for p in paths], self.labels.tolist(), transform, seed)
         # Normalisation constants in 0..255 pixel units, shaped to broadcast over (.., 3, H, W).
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(3, 1, 1) * 255
         self._inv_std = 1 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1) * 255)
@@ -292,7 +297,8 @@ class StreamingLoader:
         global_batch = self.batch_size * self.world_size
         return n // global_batch if n >= global_batch else int(n >= self.world_size)
 
-    def _finish(self, x: torch.Tensor, y: torch.Tensor, batch: int, global_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _finish(self, x: torch.Tensor, y: torch.Tensor, batch: int,
+                global_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batch -> normalised float batch on the device, with lighting noise when training."""
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
@@ -318,7 +324,8 @@ class StreamingLoader:
             try:
                 item = next(batches)
             except RuntimeError as exc:
-                if "DataLoader worker" in str(exc) and "exited unexpectedly" in str(exc):
+                # "DataLoader worker (pid ...) exited unexpectedly / is killed by signal": usually memory.
+                if str(exc).startswith("DataLoader worker"):
                     raise AlexnetError(f"an image loading worker died ({str(exc).splitlines()[0]}); the machine "
                                        f"may be out of memory: retry with fewer --workers") from exc
                 raise

@@ -35,9 +35,36 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 1.0 - progress
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
-    total = cfg.epochs * steps_per_epoch
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule))
+class Schedule:
+    """The learning-rate schedule: per-step warm-up + decay, or the paper's divide-by-10 on a plateau."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        self.plateau = cfg.schedule == "plateau"
+        if self.plateau:
+            # The 2012 paper: divide the rate by 10 when the validation error stops improving.
+            self.inner = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=0.1, patience=cfg.plateau_patience)
+        else:
+            total = cfg.epochs * steps_per_epoch
+            warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+            self.inner = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule))
+
+    def step(self) -> None:
+        """After every optimiser step."""
+        if not self.plateau:
+            self.inner.step()
+
+    def epoch_end(self, val_acc: float) -> None:
+        if self.plateau and val_acc == val_acc:  # NaN (no validation split) never counts as a plateau
+            self.inner.step(val_acc)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+    return Schedule(optimizer, cfg, steps_per_epoch)

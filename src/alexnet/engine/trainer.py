@@ -230,6 +230,7 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         val_loss = val_acc = float("nan")
         if val_loader is not None:
             val_loss, val_acc = validate_epoch(run_model, val_loader, cfg, dev, info)
+        scheduler.epoch_end(val_acc)
         seconds = time.perf_counter() - start
         state.epoch = epoch + 1
         state.train_seconds += seconds

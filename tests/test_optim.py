@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from alexnet.config import TrainConfig
+from alexnet.engine.optim import build_optimizer, build_scheduler, lr_factor
+
+
+def test_warmup_rises_linearly_then_decays_to_zero():
+    factors = [lr_factor(s, 100, 10, "linear") for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[-1] == pytest.approx(1 / 90)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+
+
+def test_weight_decay_skips_biases_and_norm_scales():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    groups = build_optimizer(model, TrainConfig(weight_decay=1e-3)).param_groups
+    assert [len(g["params"]) for g in groups] == [1, 3]
+    assert groups[0]["weight_decay"] == 1e-3 and groups[1]["weight_decay"] == 0
+
+
+def test_plateau_schedule_divides_by_ten_when_validation_stops_improving():
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(lr=0.01, schedule="plateau", plateau_patience=1)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=5)
+    for acc in [0.5, 0.6, 0.6, 0.6]:
+        for _ in range(5):
+            sched.step()
+        sched.epoch_end(acc)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
