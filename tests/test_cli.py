@@ -56,11 +56,10 @@ def test_predict_takes_any_size_and_mode_and_prints_json(trained_run, tmp_path):
 def test_predict_matches_evaluation_preprocessing(trained_run, tiny_folder):
     """A test image predicted from its file gets the probabilities evaluation computes for it."""
     import alexnet
-    from alexnet.inference import run_model, split_for
+    from alexnet.inference import eval_data, probabilities
 
     loaded = alexnet.load_model(trained_run / "best.pt", device="cpu")
-    images, _ = split_for(loaded, str(tiny_folder), "test")
-    probs = run_model(loaded, images.images[:1])[0]
+    probs = probabilities(loaded, eval_data(loaded, str(tiny_folder), "test").loader)[0]
     first = sorted((tiny_folder / "test" / "cat").glob("*.png"))[0]
     pred = alexnet.predict(loaded, [first], top_k=3)[0]["predictions"]
     assert pred[0]["probability"] == pytest.approx(probs.max(), abs=1e-5)

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model into a run folder")
     t.add_argument("--data", help="cifar10 | cifar-10-python.tar.gz | cifar-10-batches-py folder | image folder")
-    t.add_argument("--preset", help="a named recipe (flags override it): cifar10, notebook")
+    t.add_argument("--preset", help="a named recipe (flags override it); see the README")
     add_model_options(t)
     t.add_argument("--epochs", type=positive_int)
     t.add_argument("--batch-size", type=positive_int)
@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     t.add_argument("--val-split", type=float, help="fraction of the training split held out (default 0.1)")
     t.add_argument("--seed", type=int)
+    t.add_argument("--loader", choices=["auto", "memory", "stream"],
+                   help="memory: decode once, hold in RAM; stream: DataLoader workers (auto picks by image size)")
+    t.add_argument("--crop", choices=["random-resized", "paper"], help="streamed training crop")
+    t.add_argument("--resize", type=positive_int, help="streamed evaluation: shorter side before the centre crop")
+    t.add_argument("--lighting", action="store_true", default=None, help="the paper's PCA colour lighting")
     t.add_argument("--workers", type=int, help="image-decoding processes (0 = all cores)")
     t.add_argument("--device", help="auto | cpu | cuda | mps")
     t.add_argument("--amp", choices=["auto", "bf16", "off"], help="mixed precision (auto = bf16 on CUDA only)")
@@ -70,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="data to evaluate on (default: the training data)")
     e.add_argument("--split", default="test", choices=["test", "val", "train"])
     e.add_argument("--json", metavar="FILE", help="also write the metrics as JSON ('-' = stdout only)")
+    e.add_argument("--ten-crop", action="store_true", help="average the paper's ten crops (streamed models)")
     e.add_argument("--device", default="auto")
 
     pr = sub.add_parser("predict", help="top-k classes of image files")
@@ -96,7 +102,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Only the flags the user gave: they override the preset."""
     picks = {
         "data": {"source": args.data, "image_size": args.image_size, "val_split": args.val_split,
-                 "workers": args.workers},
+                 "workers": args.workers, "loader": args.loader, "crop": args.crop, "resize": args.resize,
+                 "lighting": args.lighting},
         "model": {"name": args.model, "norm": args.norm, "groups": args.groups, "init": args.init,
                   "dropout": args.dropout},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
@@ -129,7 +136,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .engine.checkpoint import write_json
     from .tables import format_metrics
 
-    metrics = evaluate(args.checkpoint, data=args.data, split=args.split, device=args.device)
+    metrics = evaluate(args.checkpoint, data=args.data, split=args.split, device=args.device,
+                       ten_crop=args.ten_crop)
     if args.json == "-":
         print(json.dumps(metrics, indent=2))
         return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .data.memory import BatchLoader, ImageSet, Normalizer, to_device_tensor
-from .data.sources import Splits, load_splits
+from .data.pipeline import EvalData, InputSpec, build_eval, memory_eval, prepare_image
 from .engine.checkpoint import load_checkpoint
 from .engine.device import resolve_device
 from .engine.evaluation import collect_logits, softmax_numpy
@@ -28,8 +27,7 @@ class LoadedModel:
     model: nn.Module
     classes: list[str]
     config: RunConfig
-    normalize: Normalizer
-    store_size: int
+    spec: InputSpec
     device: torch.device
     checkpoint: dict[str, Any]
 
@@ -50,59 +48,49 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> LoadedModel:
     model = model.to(dev).eval()
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    norm = state["normalization"]
-    normalize = Normalizer(norm["mean"], norm["std"], state["image_size"], dev, cfg.train.channels_last)
-    return LoadedModel(model, classes, cfg, normalize, int(state["store_size"]), dev, state)
+    return LoadedModel(model, classes, cfg, InputSpec.from_dict(state["input"]), dev, state)
 
 
-def check_classes(loaded: LoadedModel, classes: list[str], source: str) -> None:
-    if list(classes) != loaded.classes:
-        raise AlexnetError(f"--data {source} has classes {classes[:5]}{'...' if len(classes) > 5 else ''} "
-                           f"({len(classes)}) but the checkpoint was trained on {len(loaded.classes)} classes "
-                           f"{loaded.classes[:5]}{'...' if len(loaded.classes) > 5 else ''}")
-
-
-def split_for(loaded: LoadedModel, data: str | None, split: str) -> tuple[ImageSet, Splits]:
+def eval_data(loaded: LoadedModel, data: str | None, split: str, batch_size: int = 256,
+              ten_crop: bool = False) -> EvalData:
     """The named split of `data` (default: the data the model was trained on), checked against the model."""
     cfg = loaded.config.data
-    source = data or cfg.source
-    splits = load_splits(source, cfg.val_split, cfg.split_seed, cfg.cache_dir, cfg.workers)
-    check_classes(loaded, splits.classes, source)
-    images = splits.get(split)
-    if images.images.shape[1] != loaded.store_size:
-        raise AlexnetError(f"--data {source} holds {images.images.shape[1]}px images but the model was trained "
-                           f"on {loaded.store_size}px ones")
-    return images, splits
+    if data is not None:
+        cfg = replace(cfg, source=str(data))
+    ev = build_eval(cfg, loaded.spec, split, loaded.device, batch_size=batch_size,
+                    channels_last=loaded.config.train.channels_last, ten_crop=ten_crop)
+    if list(ev.classes) != loaded.classes:
+        n, m = len(ev.classes), len(loaded.classes)
+        raise AlexnetError(f"--data {cfg.source} has {n} classes {ev.classes[:5]}{'...' if n > 5 else ''} but the "
+                           f"checkpoint was trained on {m} classes {loaded.classes[:5]}{'...' if m > 5 else ''}")
+    return ev
 
 
-def run_model(loaded: LoadedModel, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, C) for uint8 NHWC images of the stored size, as validation computes them."""
-    loader = BatchLoader(to_device_tensor(images, loaded.device), torch.zeros(len(images), dtype=torch.long),
-                         batch_size, loaded.normalize, train=False)
+def probabilities(loaded: LoadedModel, loader: Any) -> np.ndarray:
+    """Class probabilities (N, C) over a loader, with the run's own test-time augmentation."""
     logits, _ = collect_logits(loaded.model, loader, loaded.device, loaded.config.train.amp,
                                loaded.config.train.tta)
     return softmax_numpy(logits)
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", device: str = "auto",
-             batch_size: int = 256) -> dict[str, Any]:
+             batch_size: int = 256, ten_crop: bool = False) -> dict[str, Any]:
     """Accuracy, top-5, per-class scores and confusion matrix of a checkpoint on a split."""
     loaded = load_model(checkpoint, device)
-    images, _ = split_for(loaded, data, split)
-    probs = run_model(loaded, images.images, batch_size)
-    return classification_metrics(probs, images.labels, loaded.classes)
+    ev = eval_data(loaded, data, split, batch_size, ten_crop)
+    return classification_metrics(probabilities(loaded, ev.loader), ev.labels, loaded.classes)
 
 
 def predict(checkpoint: str | Path | LoadedModel, images: list[str | Path], top_k: int = 5,
             device: str = "auto") -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file (any size or mode)."""
-    from .data.images import fit_square, load_rgb
-
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device)
     if top_k < 1:
         raise AlexnetError("--top-k must be >= 1")
-    arrays = np.stack([fit_square(load_rgb(p), loaded.store_size) for p in images])
-    probs = run_model(loaded, arrays)
+    arrays = np.stack([prepare_image(p, loaded.spec) for p in images])
+    loader = memory_eval(arrays, np.zeros(len(arrays), dtype=np.int64), loaded.spec, 256, loaded.device,
+                         loaded.config.train.channels_last)
+    probs = probabilities(loaded, loader)
     k = min(top_k, len(loaded.classes))
     results = []
     for path, p in zip(images, probs):

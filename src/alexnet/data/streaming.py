@@ -92,6 +92,12 @@ def _centre_box(width: int, height: int, size: int) -> tuple[int, int, int, int]
     return left, top, left + size, top + size
 
 
+def centre_view(img: Image.Image, size: int, resize: int) -> np.ndarray:
+    """The evaluation view of one image: shorter side to `resize`, then the centre `size` square (HWC uint8)."""
+    img = resize_shorter(img, resize)
+    return np.asarray(img.crop(_centre_box(*img.size, size)))
+
+
 def ten_crop_boxes(width: int, height: int, size: int) -> list[tuple[int, int, int, int]]:
     """PIL boxes of the four corner crops (top-left, top-right, bottom-left, bottom-right) and the
     centre crop; the paper's ten views are these five and their mirror images."""
@@ -132,9 +138,9 @@ class _Transform:
             if self.flip and rng.random() < 0.5:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             return _chw(np.asarray(img))
-        img = resize_shorter(img, self.resize)
         if not self.ten_crop:
-            return _chw(np.asarray(img.crop(_centre_box(*img.size, s))))
+            return _chw(centre_view(img, s, self.resize))
+        img = resize_shorter(img, self.resize)
         five = np.stack([np.asarray(img.crop(box)) for box in ten_crop_boxes(*img.size, s)])
         return _chw(np.concatenate([five, five[:, :, ::-1]]))  # (10, 3, S, S); 5..9 mirror 0..4
 

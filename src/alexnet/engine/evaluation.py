@@ -23,8 +23,11 @@ def collect_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     try:
         for x, y in batches:
             with autocast(device, amp):
-                logits = model(x)
-                if tta:
+                if x.ndim == 5:  # (B, views, C, H, W): the paper's ten crops, logits averaged over views
+                    logits = model(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1).mean(1)
+                else:
+                    logits = model(x)
+                if tta and x.ndim == 4:
                     # Flip test-time augmentation: a mirrored scene is the same class.
                     logits = 0.5 * (logits + model(x.flip(3)))
             all_logits.append(logits.float().cpu())

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig, validate
-from ..data.memory import BatchLoader, Normalizer, channel_stats, prefetch, to_device_tensor
-from ..data.sources import Splits, load_splits
+from ..data.memory import BatchLoader, prefetch
+from ..data.pipeline import InputSpec, build_training
 from ..errors import AlexnetError
 from ..models import create_model, default_image_size
 from .checkpoint import (atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
@@ -179,29 +179,19 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     ui = EpochProgress(progress and info.is_main)
 
     t0 = time.perf_counter()
-    splits = load_splits(cfg.data.source, cfg.data.val_split, cfg.data.split_seed, cfg.data.cache_dir,
-                         cfg.data.workers)
     image_size = cfg.data.image_size or default_image_size(cfg.model.name)
-    mean, std = (ckpt["normalization"]["mean"], ckpt["normalization"]["std"]) if ckpt else \
-        channel_stats(splits.train.images)
-    meta = {"classes": splits.classes, "model_name": cfg.model.name, "image_size": image_size,
-            "store_size": int(splits.train.images.shape[1]), "normalization": {"mean": mean, "std": std}}
-    ui.print(f"data: {splits.description}: {len(splits.train):,} train, "
-             f"{len(splits.val) if splits.val else 0:,} val, {len(splits.classes)} classes "
+    data = build_training(cfg.data, image_size, micro_batch * cfg.train.accum_steps, cfg.train.seed, dev,
+                          channels_last=cfg.train.channels_last, rank=info.rank, world_size=info.world_size,
+                          spec=InputSpec.from_dict(ckpt["input"]) if ckpt else None,
+                          lighting=ckpt.get("lighting") if ckpt else None)
+    meta = {"classes": data.classes, "model_name": cfg.model.name, "image_size": image_size,
+            "input": data.spec.to_dict(), "lighting": data.lighting}
+    num_val = len(data.val.labels) if data.val else 0
+    ui.print(f"data: {data.description}: {data.num_train:,} train, {num_val:,} val, {len(data.classes)} classes "
              f"({time.perf_counter() - t0:.1f}s)")
 
-    model = build_model(cfg, len(splits.classes), image_size, dev)
-    normalize = Normalizer(mean, std, image_size, dev, cfg.train.channels_last)
-    shard = {"rank": info.rank, "world_size": info.world_size}
-    train_loader = BatchLoader(to_device_tensor(splits.train.images, dev),
-                               torch.from_numpy(splits.train.labels).to(dev), micro_batch * cfg.train.accum_steps,
-                               normalize, train=True, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
-                               seed=cfg.train.seed, **shard)
-    val_loader = None
-    if splits.val is not None:
-        val_loader = BatchLoader(to_device_tensor(splits.val.images, dev),
-                                 torch.from_numpy(splits.val.labels).to(dev), max(micro_batch, 256),
-                                 normalize, train=False, **shard)
+    model = build_model(cfg, len(data.classes), image_size, dev)
+    train_loader, val_loader = data.train, data.val.loader if data.val else None
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, len(train_loader))
     if ckpt is not None:
@@ -212,9 +202,8 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     run_model = wrap_model(model, cfg, info, dev)
 
     if info.is_main:
-        write_json(out / "config.json", {"config": cfg.to_dict(), "dataset": splits.description,
-                                         "num_train": len(splits.train),
-                                         "num_val": len(splits.val) if splits.val else 0, **meta,
+        write_json(out / "config.json", {"config": cfg.to_dict(), "dataset": data.description,
+                                         "num_train": data.num_train, "num_val": num_val, **meta,
                                          "world_size": info.world_size, "versions": versions(),
                                          "hardware": hardware_info(dev)})
     ui.print(f"model: {cfg.model.name} at {image_size}px, "

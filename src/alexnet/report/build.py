@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..inference import load_model, run_model, split_for
+from ..inference import eval_data, load_model, probabilities
 from ..metrics import classification_metrics
 from .html import write_report
 
@@ -31,14 +31,14 @@ def build_report(run: Path, data: str | None = None, split: str = "val", out: Pa
     """Evaluate the run's best checkpoint on `split` of `data` and write RUN/report/ (or `out`)."""
     run_dir = run.parent if run.is_file() else run
     loaded = load_model(run, device)
-    images, splits = split_for(loaded, data, split)
-    probs = run_model(loaded, images.images)
-    metrics = classification_metrics(probs, images.labels, loaded.classes)
+    ev = eval_data(loaded, data, split)
+    probs = probabilities(loaded, ev.loader)
+    metrics = classification_metrics(probs, ev.labels, loaded.classes)
     run_config = read_json(run_dir / "config.json") or {}
     run_info = {
         "name": run_dir.name,
         "config": loaded.checkpoint["config"],
-        "dataset": splits.description if data else run_config.get("dataset", splits.description),
+        "dataset": ev.description if data else run_config.get("dataset", ev.description),
         "hardware": run_config.get("hardware", {}),
         "versions": run_config.get("versions", {}),
         "train_seconds": loaded.checkpoint.get("train_seconds"),
@@ -46,7 +46,6 @@ def build_report(run: Path, data: str | None = None, split: str = "val", out: Pa
     }
     out_dir = out or run_dir / "report"
     write_report(out_dir, metrics=metrics, history=read_json(run_dir / "history.json"), probs=probs,
-                 labels=images.labels, classes=loaded.classes,
-                 fetch_images=lambda idx: images.images[np.asarray(idx)],
+                 labels=ev.labels, classes=loaded.classes, fetch_images=ev.fetch_images,
                  filters=first_conv_weight(loaded.model), run_info=run_info, split=split)
     return out_dir
