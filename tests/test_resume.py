@@ -17,12 +17,16 @@ def weights(run):
     return load_checkpoint(run / "last.pt")["model"]
 
 
-def test_resume_is_bit_exact(tiny_folder, tmp_path):
-    straight = alexnet.train(data=str(tiny_folder / "train"), out=tmp_path / "straight", **OPTIONS)
-    split = alexnet.train(data=str(tiny_folder / "train"), out=tmp_path / "split", stop_after_epoch=2, **OPTIONS)
+@pytest.mark.parametrize("extra", [{}, {"ema": 0.9, "whiten": True}], ids=["plain", "ema-whiten"])
+def test_resume_is_bit_exact(tiny_folder, tmp_path, extra):
+    straight = alexnet.train(data=str(tiny_folder / "train"), out=tmp_path / "straight", **OPTIONS, **extra)
+    split = alexnet.train(data=str(tiny_folder / "train"), out=tmp_path / "split", stop_after_epoch=2, **OPTIONS,
+                          **extra)
     assert load_checkpoint(split / "last.pt")["epoch"] == 2
     alexnet.train(resume=split, progress=False)
     a, b = weights(straight), weights(split)
+    if extra:
+        a, b = load_checkpoint(straight / "last.pt")["ema"], load_checkpoint(split / "last.pt")["ema"]
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-epochs", type=float)
     t.add_argument("--schedule", choices=["linear", "cosine", "plateau"], help="learning-rate decay")
     t.add_argument("--dropout", type=float, help="dropout before the hidden FC layers (0 = none)")
+    t.add_argument("--ema", type=float, help="weight moving-average decay, e.g. 0.99 (0 = off)")
+    t.add_argument("--whiten", action="store_true", default=None, help="first conv from patch whitening")
     t.add_argument("--accum-steps", type=positive_int, help="gradient accumulation: micro-batches per step")
     t.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     t.add_argument("--val-split", type=float, help="fraction of the training split held out (default 0.1)")
@@ -110,7 +112,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                   "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
                   "warmup_epochs": args.warmup_epochs, "schedule": args.schedule, "seed": args.seed, "device": args.device,
                   "amp": args.amp, "compile": args.compile,
-                  "accum_steps": args.accum_steps, "sync_bn": args.sync_bn},
+                  "accum_steps": args.accum_steps, "ema": args.ema,
+                  "whiten": args.whiten, "sync_bn": args.sync_bn},
     }
     out = {section: {k: v for k, v in values.items() if v is not None} for section, values in picks.items()}
     if args.no_report:

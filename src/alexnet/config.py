@@ -60,6 +60,8 @@ class TrainConfig:
     channels_last: bool = True
     amp: str = "auto"  # auto (bf16 on CUDA only) | bf16 | off
     compile: bool = False
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and saved
+    whiten: bool = False  # initialise the first conv from the whitening of training patches
     accum_steps: int = 1  # gradient accumulation: micro-batches per optimiser step
     sync_bn: bool = False  # SyncBatchNorm across ranks (multi-process runs)
     report: bool = True  # write the HTML report at the end of training
@@ -150,6 +152,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0 <= t.momentum < 1, "--momentum must be in [0, 1)"),
         (t.weight_decay >= 0, "--weight-decay must be >= 0"),
         (0 <= t.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+        (0 <= t.ema < 1, "--ema must be in [0, 1)"),
         (t.accum_steps >= 1, "--accum-steps must be >= 1"),
         (t.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (t.schedule in ("linear", "cosine", "plateau"), "--schedule must be linear, cosine or plateau"),

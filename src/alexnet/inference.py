@@ -41,7 +41,7 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> LoadedModel:
     model = create_model(cfg.model.name, num_classes=len(classes), image_size=state["image_size"],
                          **cfg.model.options())
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("ema", state["model"]))  # the averaged weights when the run kept them
     except RuntimeError as e:
         raise AlexnetError(f"{checkpoint}: weights do not fit model {cfg.model.name!r} with {len(classes)} "
                            f"classes ({str(e).splitlines()[0][:100]})") from None

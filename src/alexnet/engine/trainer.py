@@ -24,9 +24,11 @@ from .checkpoint import (atomic_write, load_checkpoint, restore_rng_state, rng_s
                          write_json)
 from . import distributed
 from .device import autocast, hardware_info, resolve_device, versions
+from .ema import EMA
 from .evaluation import collect_logits, loss_and_accuracy
 from .optim import build_optimizer, build_scheduler
 from .progress import EpochProgress
+from .whitening import whiten_first_conv
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds"]
 
@@ -80,7 +82,7 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
 
 def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
                     scheduler: Any, cfg: RunConfig, device: torch.device, progress: EpochProgress,
-                    epoch: int, info: distributed.Dist) -> tuple[float, float, int]:
+                    epoch: int, info: distributed.Dist, ema: EMA | None = None) -> tuple[float, float, int]:
     """One pass over the training split; returns (mean loss, accuracy, images seen), reduced over ranks."""
     model.train()
     loader.set_epoch(epoch)
@@ -109,6 +111,8 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if ema is not None:
+                ema.update(getattr(model, "module", model))
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -133,9 +137,11 @@ def validate_epoch(model: nn.Module, loader: BatchLoader, cfg: RunConfig, device
 
 
 def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState, cfg: RunConfig,
-                     meta: dict[str, Any], full: bool) -> dict[str, Any]:
+                     meta: dict[str, Any], full: bool, ema: EMA | None = None) -> dict[str, Any]:
     raw = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     ckpt = {
+        # With EMA the averaged weights are the ones evaluated and served; the raw ones resume training.
+        **({"ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()}} if ema is not None else {}),
         "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
         "epoch": state.epoch,
         "history": state.history,
@@ -199,6 +205,12 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         restore_rng_state(ckpt["rng"])
+    if cfg.train.whiten and ckpt is None and isinstance(train_loader, BatchLoader):
+        sample = train_loader.images[torch.randperm(len(train_loader.labels))[:5000].to(dev)]
+        whiten_first_conv(model, train_loader.normalize(sample))
+    ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
+    if ema is not None and ckpt is not None:
+        ema.load_state_dict(ckpt["ema"])
     run_model = wrap_model(model, cfg, info, dev)
 
     if info.is_main:
@@ -214,11 +226,11 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     for epoch in range(state.epoch, last_epoch):
         start = time.perf_counter()
         train_loss, train_acc, seen = train_one_epoch(run_model, train_loader, optimizer, scheduler, cfg, dev,
-                                                      ui, epoch, info)
+                                                      ui, epoch, info, ema)
         train_time = time.perf_counter() - start
         val_loss = val_acc = float("nan")
         if val_loader is not None:
-            val_loss, val_acc = validate_epoch(run_model, val_loader, cfg, dev, info)
+            val_loss, val_acc = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg, dev, info)
         scheduler.epoch_end(val_acc)
         seconds = time.perf_counter() - start
         state.epoch = epoch + 1
@@ -233,10 +245,10 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         if improved:
             state.best_val_acc = score
         if info.is_main:
-            save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True))
+            save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True, ema))
             if improved:
                 save_checkpoint(out / "best.pt",
-                                checkpoint_state(model, optimizer, scheduler, state, cfg, meta, False))
+                                checkpoint_state(model, optimizer, scheduler, state, cfg, meta, False, ema))
             write_history(out, state.history)
         val_text = f"val loss {val_loss:.3f} acc {val_acc * 100:.2f}%" if val_loader is not None else "no val"
         ui.print(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  train loss {train_loss:.3f} acc {train_acc * 100:.2f}%"

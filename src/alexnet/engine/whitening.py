@@ -1,0 +1,42 @@
+"""Initialise the first convolution from the whitening of image patches (airbench's first-layer trick).
+
+Each kernel becomes an eigenvector of the training patches' covariance, scaled by 1/sqrt(eigenvalue),
+in +/- pairs: from the first step the layer passes decorrelated, unit-variance patch components, so
+the net needs fewer steps to learn edge and colour detectors. Later layers are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def patch_whitening(images: torch.Tensor, kernel: tuple[int, int], eps: float = 5e-4
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eigenvalues descending, eigenvectors as (k, C, kh, kw) kernels) of the images' kh x kw patches."""
+    c = images.shape[1]
+    patches = images.unfold(2, kernel[0], 1).unfold(3, kernel[1], 1)  # N, C, H', W', kh, kw
+    flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kernel[0] * kernel[1]).double()
+    flat = flat - flat.mean(0)
+    cov = flat.T @ flat / len(flat)
+    values, vectors = torch.linalg.eigh(cov)
+    values, vectors = values.flip(0), vectors.flip(1)
+    kernels = vectors.T.reshape(-1, c, *kernel) / torch.sqrt(values.clamp_min(0) + eps).view(-1, 1, 1, 1)
+    return values.float(), kernels.float()
+
+
+@torch.no_grad()
+def whiten_first_conv(model: nn.Module, images: torch.Tensor) -> int:
+    """Set the first conv's kernels to +/- whitening filters (as many as fit); return how many were set."""
+    conv = first_conv(model)
+    if conv is None or conv.groups != 1 or conv.in_channels != images.shape[1]:
+        return 0
+    _, kernels = patch_whitening(images.float(), tuple(conv.kernel_size))
+    pairs = min(len(kernels), conv.out_channels // 2)
+    filters = torch.cat([kernels[:pairs], -kernels[:pairs]])
+    conv.weight[: len(filters)] = filters.to(conv.weight.dtype).to(conv.weight.device)
+    return len(filters)

@@ -1,0 +1,23 @@
+import torch
+
+from alexnet.engine.whitening import patch_whitening, whiten_first_conv
+from alexnet.models import create_model
+
+
+def test_whitening_filters_decorrelate_patches():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 3, 12, 12, generator=gen)
+    images = base + 0.8 * base.roll(1, dims=1)  # correlated colour channels
+    values, kernels = patch_whitening(images, (2, 2), eps=0.0)
+    out = torch.nn.functional.conv2d(images - images.mean(dim=(0, 2, 3), keepdim=True), kernels)
+    flat = out.permute(0, 2, 3, 1).reshape(-1, kernels.shape[0])
+    cov = flat.T @ flat / len(flat)
+    assert torch.allclose(cov, torch.eye(len(cov)), atol=0.05)
+    assert (values[:-1] >= values[1:]).all()
+
+
+def test_whiten_first_conv_sets_plus_minus_pairs():
+    model = create_model("alexnet-cifar", num_classes=10, widths=(32, 32, 32, 32, 32), hidden=32)
+    n = whiten_first_conv(model, torch.randn(16, 3, 32, 32))
+    w = next(model.parameters())
+    assert n == 32 and torch.allclose(w[:16], -w[16:32])
