@@ -58,11 +58,8 @@ def eval_data(loaded: LoadedModel, data: str | None, split: str, batch_size: int
     if data is not None:
         cfg = replace(cfg, source=str(data))
     ev = build_eval(cfg, loaded.spec, split, loaded.device, batch_size=batch_size,
-                    channels_last=loaded.config.train.channels_last, ten_crop=ten_crop)
-    if list(ev.classes) != loaded.classes:
-        n, m = len(ev.classes), len(loaded.classes)
-        raise AlexnetError(f"--data {cfg.source} has {n} classes {ev.classes[:5]}{'...' if n > 5 else ''} but the "
-                           f"checkpoint was trained on {m} classes {loaded.classes[:5]}{'...' if m > 5 else ''}")
+                    channels_last=loaded.config.train.channels_last, ten_crop=ten_crop,
+                    expect_classes=loaded.classes)
     return ev
 
 

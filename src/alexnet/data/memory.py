@@ -41,6 +41,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         n_val = int(round(fraction * len(members)))
+        if len(members) > 1:  # every class is seen on both sides, however small
+            n_val = min(max(n_val, 1), len(members) - 1)
         val.append(rng.permutation(members)[:n_val])
     val_idx = np.sort(np.concatenate(val))
     train_mask = np.ones(len(labels), dtype=bool)

@@ -161,10 +161,16 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
 
 
 def build_eval(cfg: DataConfig, spec: InputSpec, split: str, device: torch.device, *, batch_size: int = 256,
-               channels_last: bool = True, ten_crop: bool = False) -> EvalData:
-    """The named split of `cfg.source`, fed exactly as the model's training fed its validation split."""
+               channels_last: bool = True, ten_crop: bool = False, expect_classes: list[str] | None = None
+               ) -> EvalData:
+    """The named split of `cfg.source`, fed exactly as the model's training fed its validation split.
+
+    `expect_classes` (a model's classes) is checked before the split is chosen, so a wrong dataset is named
+    as such rather than as a missing split.
+    """
     if spec.kind == "stream":
         files, classes = file_splits(cfg)
+        check_classes(cfg.source, classes, expect_classes)
         if split not in files:
             raise AlexnetError(f"the data has no {split!r} split (image folder {cfg.source}); "
                                "choose --split train, val or test as present")
@@ -177,6 +183,7 @@ def build_eval(cfg: DataConfig, spec: InputSpec, split: str, device: torch.devic
         raise AlexnetError("--ten-crop needs a streamed (ImageNet-style) model; small in-memory data uses "
                            "flip test-time augmentation instead")
     splits = load_splits(cfg.source, cfg.val_split, cfg.split_seed, cfg.cache_dir, cfg.workers)
+    check_classes(cfg.source, splits.classes, expect_classes)
     images = splits.get(split)
     if images.images.shape[1] != spec.store_size:
         raise AlexnetError(f"--data {cfg.source} holds {images.images.shape[1]}px images but the model was "
@@ -184,6 +191,14 @@ def build_eval(cfg: DataConfig, spec: InputSpec, split: str, device: torch.devic
     loader = memory_eval(images.images, images.labels, spec, batch_size, device, channels_last)
     return EvalData(loader, images.labels, splits.classes, splits.description,
                     lambda idx: images.images[np.asarray(idx)])
+
+
+def check_classes(source: str, found: list[str], expected: list[str] | None) -> None:
+    if expected is None or list(found) == list(expected):
+        return
+    n, m = len(found), len(expected)
+    raise AlexnetError(f"--data {source} has {n} classes {list(found)[:5]}{'...' if n > 5 else ''} but the "
+                       f"checkpoint was trained on {m} classes {list(expected)[:5]}{'...' if m > 5 else ''}")
 
 
 def prepare_image(path: str | Path, spec: InputSpec) -> np.ndarray:
