@@ -1,0 +1,81 @@
+"""Fast checks of the benchmark scripts' pieces (no real benchmark, no training run)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield {name: importlib.import_module(name) for name in ("matmul", "throughput", "time_to_accuracy")}
+    finally:
+        sys.path.remove(str(BENCH))
+        for name in ("matmul", "throughput", "time_to_accuracy"):
+            sys.modules.pop(name, None)
+
+
+def test_matmul_rate_is_positive(bench):
+    r = bench["matmul"].matmul_gflops(n=64, repeats=2)
+    assert r["gflops"] > 0 and len(r["runs"]) == 2 and r["dtype"] == "fp32"
+
+
+def test_throughput_case_runs_and_counts_flops(bench):
+    tp = bench["throughput"]
+    import torch
+
+    case = tp.run_case("alexnet-cifar-small@32", device=torch.device("cpu"), batch=2, runs=1, warmup=0, iters=1,
+                       channels_last=True)
+    assert case["train_img_s"] > 0 and case["infer_img_s"] > 0 and case["peak_rss_mb"] > 0
+    tp.add_rates(case, ref_gflops=100.0)
+    assert case["train_gflops"] == pytest.approx(3 * 2 * case["macs_per_image"] * case["train_img_s"] / 1e9)
+    assert case["train_frac_of_matmul"] == pytest.approx(case["train_gflops"] / 100.0)
+
+
+def test_throughput_rejects_unknown_case(bench):
+    with pytest.raises(SystemExit):
+        bench["throughput"].parse_args(["--cases", "nope"])
+
+
+def test_parse_time_v(bench):
+    text = ("\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.50\n"
+            "\tMaximum resident set size (kbytes): 204800\n")
+    assert bench["time_to_accuracy"].parse_time_v(text) == {"elapsed_s": 3723.5, "max_rss_kb": 204800}
+
+
+def test_curve_summary_and_plot(bench, tmp_path):
+    tta = bench["time_to_accuracy"]
+    startup, points = tta.curve([{"epoch": 1, "seconds": 10.0, "val_acc": 0.5},
+                                 {"epoch": 2, "seconds": 10.0, "val_acc": 0.8}], wall_s=25.0)
+    assert startup == pytest.approx(5.0)
+    assert [p["seconds"] for p in points] == pytest.approx([15.0, 25.0])
+    assert tta.time_to_target(points, 60) == pytest.approx(25.0) and tta.time_to_target(points, 90) is None
+
+    runs = []
+    for seed, wall, final in ((0, 25.0, 0.8), (1, 27.0, 0.7)):
+        runs.append({"preset": "cifar10", "seed": seed, "wall_s": wall, "startup_s": 5.0, "final_val_acc": final,
+                     "best_val_acc": final, "peak_rss_mb": 500.0, "peak_tree_rss_mb": 520.0, "curve": points,
+                     "time_to_target_s": {"60": 25.0}})
+    runs.append({"preset": "cifar10", "seed": 2, "error": "boom", "returncode": 1})
+    summary = tta.summarize(runs, ["cifar10"], [60.0])
+    s = summary[0]
+    assert s["seeds"] == [0, 1] and s["failed_seeds"] == [2]
+    assert s["wall_s"]["mean"] == pytest.approx(26.0) and s["final_val_acc_pct"]["max"] == pytest.approx(80.0)
+    assert s["time_to_target_s"]["60"]["reached"] == 2
+    matmul = {"before": {"n": 64, "gflops": 1.0}, "after": {"gflops": 2.0}, "mean_gflops": 1.5}
+    assert "cifar10" in tta.format_table(summary, matmul, [60.0])
+    png = tmp_path / "tta.png"
+    tta.plot(runs, ["cifar10"], [60.0], png, "test")
+    assert png.stat().st_size > 1000
+
+
+def test_extra_passthrough_is_split_off(bench):
+    own, extra = bench["time_to_accuracy"].split_extra(["--seeds", "0", "--extra", "--epochs", "1", "--seeds", "x"])
+    assert own == ["--seeds", "0"] and extra == ["--epochs", "1", "--seeds", "x"]
