@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # DATA: cifar10 (download), a cifar-10-python.tar.gz, or an image folder such as the shared JPEGs.
 DATA   ?= cifar10
-OUT    ?= runs/default
+OUT    ?=
 ARGS   ?=
 
 .PHONY: train test install dev clean
@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 dev: $(VENV)/.dev
 
 train: $(VENV)/.installed
-	$(VENV)/bin/alexnet train --data $(DATA) --out $(OUT) $(ARGS)
+	$(VENV)/bin/alexnet train --data $(DATA) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q $(ARGS)

@@ -15,14 +15,25 @@ def first_conv(model: nn.Module) -> nn.Conv2d | None:
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
 
-def patch_whitening(images: torch.Tensor, kernel: tuple[int, int], eps: float = 5e-4
+def patch_whitening(images: torch.Tensor, kernel: tuple[int, int], eps: float = 5e-4, chunk: int = 256
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(eigenvalues descending, eigenvectors as (k, C, kh, kw) kernels) of the images' kh x kw patches."""
+    """(eigenvalues descending, eigenvectors as (k, C, kh, kw) kernels) of the images' kh x kw patches.
+
+    The covariance is accumulated `chunk` images at a time, so memory stays at one chunk's patches.
+    """
     c = images.shape[1]
-    patches = images.unfold(2, kernel[0], 1).unfold(3, kernel[1], 1)  # N, C, H', W', kh, kw
-    flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kernel[0] * kernel[1]).double()
-    flat = flat - flat.mean(0)
-    cov = flat.T @ flat / len(flat)
+    d = c * kernel[0] * kernel[1]
+    total = torch.zeros(d, dtype=torch.float64, device=images.device)
+    outer = torch.zeros(d, d, dtype=torch.float64, device=images.device)
+    count = 0
+    for start in range(0, len(images), chunk):
+        patches = images[start:start + chunk].unfold(2, kernel[0], 1).unfold(3, kernel[1], 1)  # N,C,H',W',kh,kw
+        flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, d).double()
+        total += flat.sum(0)
+        outer += flat.T @ flat
+        count += len(flat)
+    mean = total / count
+    cov = outer / count - torch.outer(mean, mean)
     values, vectors = torch.linalg.eigh(cov)
     values, vectors = values.flip(0), vectors.flip(1)
     kernels = vectors.T.reshape(-1, c, *kernel) / torch.sqrt(values.clamp_min(0) + eps).view(-1, 1, 1, 1)
