@@ -35,6 +35,32 @@ def test_evaluate_prints_tables_and_writes_json(trained_run, tiny_folder, tmp_pa
     assert metrics["accuracy"] > 0.5  # the classes differ by colour: two epochs learn it
 
 
+def test_a_held_out_class_folder_is_the_test_split_all_of_it(trained_run, tiny_folder, tmp_path):
+    # `--data DIR/test` is a plain class folder: evaluating and reporting on it uses every image in it.
+    out = tmp_path / "held.json"
+    result = run_cli("evaluate", trained_run / "best.pt", "--data", tiny_folder / "test", "--json", out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["num_samples"] == 30
+    report = run_cli("report", trained_run, "--data", tiny_folder / "test", "--split", "test",
+                     "--out", tmp_path / "report")
+    assert report.returncode == 0, report.stderr
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["num_samples"] == 30
+
+
+def test_a_held_out_archive_holding_only_test_is_the_test_split(trained_run, tiny_folder, tmp_path):
+    # Packed like the training tarball (test/<class>/NNNN.png), passed as it is.
+    import tarfile
+
+    archive = tmp_path / "held-out-test.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_folder / "test", arcname="test")
+    out = tmp_path / "held.json"
+    result = run_cli("evaluate", trained_run / "best.pt", "--data", archive, "--json", out)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["num_samples"] == 30 and metrics["classes"] == ["cat", "dog", "ship"]
+
+
 def test_predict_takes_any_size_and_mode_and_prints_json(trained_run, tmp_path):
     rng = np.random.default_rng(0)
     paths = []

@@ -31,6 +31,18 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--groups", type=int, choices=[1, 2], help="2 = the paper's two-tower connectivity")
     p.add_argument("--init", choices=["paper", "default"], help="weight initialisation")
     p.add_argument("--image-size", type=positive_int, help="model input side in pixels")
+    p.add_argument("--widths", type=widths, metavar="W1,...,W5", help="alexnet-cifar conv widths, e.g. 32,64,128,128,128")
+    p.add_argument("--hidden", type=positive_int, help="alexnet-cifar hidden FC width")
+
+
+def widths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(values) != 5 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected 5 positive widths (one per conv), got {text!r}")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lighting", action=argparse.BooleanOptionalAction, default=None, help="the paper's PCA colour lighting")
     t.add_argument("--workers", type=int, help="image-decoding processes (0 = all cores)")
     t.add_argument("--device", help="auto | cpu | cuda | mps")
-    t.add_argument("--amp", choices=["auto", "bf16", "off"], help="mixed precision (auto = bf16 on CUDA only)")
+    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision (auto = bf16 on CUDA, fp16 + loss scaling where bf16 is missing; off on CPU)")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--out", help="run folder (default runs/<time>-<model>)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where it stopped")
@@ -107,7 +120,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                  "workers": args.workers, "loader": args.loader, "crop": args.crop, "resize": args.resize,
                  "lighting": args.lighting},
         "model": {"name": args.model, "norm": args.norm, "groups": args.groups, "init": args.init,
-                  "dropout": args.dropout},
+                  "dropout": args.dropout, "widths": args.widths, "hidden": args.hidden},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                   "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
                   "warmup_epochs": args.warmup_epochs, "schedule": args.schedule, "seed": args.seed, "device": args.device,
@@ -174,7 +187,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     name = args.model or "alexnet-cifar"
     size = args.image_size or default_image_size(name)
-    options = {k: v for k, v in {"norm": args.norm, "groups": args.groups, "init": args.init}.items() if v}
+    options = {k: v for k, v in {"norm": args.norm, "groups": args.groups, "init": args.init,
+                                 "widths": args.widths, "hidden": args.hidden}.items() if v}
     model = create_model(name, num_classes=args.num_classes, image_size=size, **options)
     extra = "".join(f", {k}={v}" for k, v in options.items())
     print(format_summary(summarize(model, (3, size, size)),

@@ -58,7 +58,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     channels_last: bool = True
-    amp: str = "auto"  # auto (bf16 on CUDA only) | bf16 | off
+    amp: str = "auto"  # auto (CUDA: bf16, or fp16 + GradScaler without bf16; CPU: off) | bf16 | fp16 | off
     compile: bool = False
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and saved
     whiten: bool = False  # initialise the first conv from the whitening of training patches
@@ -138,6 +138,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 def apply_overrides(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
     """Return `cfg` with {"data"|"model"|"train": {field: value}} replaced; unknown fields are errors."""
     parts = {"data": cfg.data, "model": cfg.model, "train": cfg.train}
+    new_model = overrides.get("model", {}).get("name")
+    if new_model is not None and new_model != cfg.model.name:
+        # A preset's model options (widths, norm...) belong to its model; another model starts from its own.
+        parts["model"] = ModelConfig(name=new_model)
     for section, values in overrides.items():
         known = {f.name for f in fields(parts[section])}
         unknown = set(values) - known
@@ -172,7 +176,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.schedule in ("linear", "cosine", "plateau"), "--schedule must be linear, cosine or plateau"),
         (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
          "--device must be auto, cpu, cuda or mps"),
-        (t.amp in ("auto", "bf16", "off"), "--amp must be auto, bf16 or off"),
+        (t.amp in ("auto", "bf16", "fp16", "off"), "--amp must be auto, bf16, fp16 or off"),
         (0 <= d.val_split < 1, "--val-split must be in [0, 1)"),
         (d.image_size is None or 8 <= d.image_size <= 1024, "--image-size must be between 8 and 1024"),
         (0 <= d.crop_padding <= 64, "--crop-padding must be between 0 and 64"),

@@ -51,15 +51,20 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> LoadedModel:
     return LoadedModel(model, classes, cfg, InputSpec.from_dict(state["input"]), dev, state)
 
 
+def same_source(a: str, b: str) -> bool:
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
 def eval_data(loaded: LoadedModel, data: str | None, split: str, batch_size: int = 256,
               ten_crop: bool = False) -> EvalData:
     """The named split of `data` (default: the data the model was trained on), checked against the model."""
     cfg = loaded.config.data
+    held_out = data is not None and not same_source(str(data), cfg.source)
     if data is not None:
         cfg = replace(cfg, source=str(data))
     ev = build_eval(cfg, loaded.spec, split, loaded.device, batch_size=batch_size,
                     channels_last=loaded.config.train.channels_last, ten_crop=ten_crop,
-                    expect_classes=loaded.classes)
+                    expect_classes=loaded.classes, held_out=held_out)
     return ev
 
 

@@ -147,6 +147,11 @@ def scan_folder(root: str | os.PathLike[str]) -> FolderScan:
         )
     if not root.is_dir():
         raise AlexnetError(f"data path {root} is a file, not a folder; pass --data a folder laid out as DIR/<class>/*.jpg")
+    subs = _subfolders(root)
+    held = [name for name in ("test", "val") if name in subs and _subfolders(root / name)]
+    if not _is_split_layout(root) and held and len(held) == len(subs):
+        # ROOT/test/<class>/ alone (a held-out split packed like the training one): that folder is the data.
+        root = root / held[0]
     if not _is_split_layout(root):
         classes, train = _scan_split(root, None)
         return FolderScan(classes, {"train": train}, root)

@@ -7,7 +7,7 @@ in every checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -161,16 +161,22 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
 
 
 def build_eval(cfg: DataConfig, spec: InputSpec, split: str, device: torch.device, *, batch_size: int = 256,
-               channels_last: bool = True, ten_crop: bool = False, expect_classes: list[str] | None = None
-               ) -> EvalData:
+               channels_last: bool = True, ten_crop: bool = False, expect_classes: list[str] | None = None,
+               held_out: bool = False) -> EvalData:
     """The named split of `cfg.source`, fed exactly as the model's training fed its validation split.
 
     `expect_classes` (a model's classes) is checked before the split is chosen, so a wrong dataset is named
-    as such rather than as a missing split.
+    as such rather than as a missing split. `held_out`: the data is not what the model trained on, so for
+    `split="test"` a plain class folder (no train/ test/ subfolders) is the test set, all of it.
     """
+    whole = held_out and split == "test"
+    if whole:
+        cfg = replace(cfg, val_split=0.0)
     if spec.kind == "stream":
         files, classes = file_splits(cfg)
         check_classes(cfg.source, classes, expect_classes)
+        if whole and "test" not in files:
+            files["test"] = files["train"]
         if split not in files:
             raise AlexnetError(f"the data has no {split!r} split (image folder {cfg.source}); "
                                "choose --split train, val or test as present")
@@ -184,7 +190,7 @@ def build_eval(cfg: DataConfig, spec: InputSpec, split: str, device: torch.devic
                            "flip test-time augmentation instead")
     splits = load_splits(cfg.source, cfg.val_split, cfg.split_seed, cfg.cache_dir, cfg.workers)
     check_classes(cfg.source, splits.classes, expect_classes)
-    images = splits.get(split)
+    images = splits.train if whole and splits.test is None else splits.get(split)
     if images.images.shape[1] != spec.store_size:
         raise AlexnetError(f"--data {cfg.source} holds {images.images.shape[1]}px images but the model was "
                            f"trained on {spec.store_size}px ones")

@@ -25,12 +25,30 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA by default (fp16 on GPUs without bf16), none on CPU/MPS.
+
+    Off on CPU by default: a CPU without bf16 units (like the 2-core dev box) runs it >10x slower.
+    """
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if amp == "auto" and device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
 def autocast(device: torch.device, amp: str = "auto") -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA by default; off on CPU, whose lack of bf16 units makes it >10x slower."""
-    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    if not use:
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, amp: str = "auto") -> torch.amp.GradScaler:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device, amp) == torch.float16)
 
 
 def hardware_info(device: torch.device) -> dict[str, str]:

@@ -23,7 +23,7 @@ from ..models import create_model, default_image_size
 from .checkpoint import (atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
                          write_json)
 from . import distributed
-from .device import autocast, hardware_info, resolve_device, versions
+from .device import autocast, grad_scaler, hardware_info, resolve_device, versions
 from .ema import EMA
 from .evaluation import collect_logits, loss_and_accuracy
 from .optim import build_optimizer, build_scheduler
@@ -82,10 +82,12 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
 
 def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
                     scheduler: Any, cfg: RunConfig, device: torch.device, progress: EpochProgress,
-                    epoch: int, info: distributed.Dist, ema: EMA | None = None) -> tuple[float, float, int]:
+                    epoch: int, info: distributed.Dist, ema: EMA | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> tuple[float, float, int]:
     """One pass over the training split; returns (mean loss, accuracy, images seen), reduced over ranks."""
     model.train()
     loader.set_epoch(epoch)
+    scaler = scaler or grad_scaler(device, "off")
     accum = cfg.train.accum_steps
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
@@ -101,14 +103,15 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
                 with (model.no_sync() if not sync else contextlib.nullcontext()), autocast(device, cfg.train.amp):
                     out = model(xm)
                     micro = F.cross_entropy(out, ym, label_smoothing=cfg.train.label_smoothing) * (len(ym) / len(y))
-                micro.backward()
+                scaler.scale(micro).backward()
                 loss += micro.detach()
                 logits = out.detach() if logits is None else torch.cat([logits, out.detach()])
             bad = not math.isfinite(loss.item())
             if distributed.broadcast_flag(bad, device) if info.enabled else bad:
                 raise AlexnetError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                                    "training stopped and the last good checkpoint is kept; try a lower --lr")
-            optimizer.step()
+            scaler.step(optimizer)  # with fp16, skips the step when a gradient overflowed
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             if ema is not None:
@@ -137,7 +140,8 @@ def validate_epoch(model: nn.Module, loader: BatchLoader, cfg: RunConfig, device
 
 
 def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState, cfg: RunConfig,
-                     meta: dict[str, Any], full: bool, ema: EMA | None = None) -> dict[str, Any]:
+                     meta: dict[str, Any], full: bool, ema: EMA | None = None,
+                     scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
     raw = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     ckpt = {
         # With EMA the averaged weights are the ones evaluated and served; the raw ones resume training.
@@ -152,6 +156,8 @@ def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: Tr
     }
     if full:
         ckpt.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state())
+        if scaler is not None and scaler.is_enabled():
+            ckpt["scaler"] = scaler.state_dict()
     return ckpt
 
 
@@ -208,6 +214,9 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     if cfg.train.whiten and ckpt is None and isinstance(train_loader, BatchLoader):
         sample = train_loader.images[torch.randperm(len(train_loader.labels))[:5000].to(dev)]
         whiten_first_conv(model, train_loader.normalize(sample))
+    scaler = grad_scaler(dev, cfg.train.amp)
+    if scaler.is_enabled() and ckpt is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
     ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
     if ema is not None and ckpt is not None:
         ema.load_state_dict(ckpt["ema"])
@@ -226,7 +235,7 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     for epoch in range(state.epoch, last_epoch):
         start = time.perf_counter()
         train_loss, train_acc, seen = train_one_epoch(run_model, train_loader, optimizer, scheduler, cfg, dev,
-                                                      ui, epoch, info, ema)
+                                                      ui, epoch, info, ema, scaler)
         train_time = time.perf_counter() - start
         val_loss = val_acc = float("nan")
         if val_loader is not None:
@@ -245,7 +254,8 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         if improved:
             state.best_val_acc = score
         if info.is_main:
-            save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True, ema))
+            save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True, ema,
+                                                                  scaler))
             if improved:
                 save_checkpoint(out / "best.pt",
                                 checkpoint_state(model, optimizer, scheduler, state, cfg, meta, False, ema))

@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import AlexnetError
-from .paper import AlexNet
+from .paper import AlexNet, classifier
 from .registry import register_model
 
 NORMS = ("batchnorm", "none")
@@ -62,17 +62,6 @@ def _features(widths: tuple[int, ...], norm: str) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
-def _classifier(in_features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
-    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
-    for i, width in ((6, in_features), (7, hidden)):
-        if dropout > 0:
-            layers[f"drop{i}"] = nn.Dropout(dropout)
-        layers[f"fc{i}"] = nn.Linear(width, hidden)
-        layers[f"relu{i}"] = nn.ReLU()
-    layers["fc8"] = nn.Linear(hidden, num_classes)
-    return nn.Sequential(layers)
-
-
 @register_model("alexnet-cifar", default_image_size=32)
 def alexnet_cifar(
     *,
@@ -93,7 +82,7 @@ def alexnet_cifar(
     side = image_size // 2 ** len(_POOLED)  # each MaxPool2d(2) floors the side to half
     return AlexNet(
         _features(widths, norm),
-        _classifier(widths[-1] * side * side, hidden, num_classes, dropout),
+        classifier(widths[-1] * side * side, hidden, num_classes, dropout),
         image_size=image_size,
         num_classes=num_classes,
     )

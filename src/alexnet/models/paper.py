@@ -116,16 +116,17 @@ def _features(norm: str, groups: int) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
-def _classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+def classifier(in_features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """flatten, [dropout], fc6, relu, [dropout], fc7, relu, fc8: the paper's head, also alexnet-cifar's."""
     # Dropout 0.5 in the two hidden fully-connected layers (Sec. 4.2). The two towers share
     # full FC layers here, so one big Linear stands for the paper's pair of half-layers.
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
-    for i, width in ((6, in_features), (7, _HIDDEN)):
+    for i, width in ((6, in_features), (7, hidden)):
         if dropout > 0:
             layers[f"drop{i}"] = nn.Dropout(dropout)
-        layers[f"fc{i}"] = nn.Linear(width, _HIDDEN)
+        layers[f"fc{i}"] = nn.Linear(width, hidden)
         layers[f"relu{i}"] = nn.ReLU()
-    layers["fc8"] = nn.Linear(_HIDDEN, num_classes)
+    layers["fc8"] = nn.Linear(hidden, num_classes)
     return nn.Sequential(layers)
 
 
@@ -158,7 +159,7 @@ def alexnet(
     side = feature_side(image_size)
     model = AlexNet(
         _features(norm, groups),
-        _classifier(_CONVS[-1][0] * side * side, num_classes, dropout),
+        classifier(_CONVS[-1][0] * side * side, _HIDDEN, num_classes, dropout),
         image_size=image_size,
         num_classes=num_classes,
     )

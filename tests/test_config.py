@@ -1,0 +1,48 @@
+"""Presets and flag overrides: what `alexnet train --preset P --flag V` resolves to."""
+
+from __future__ import annotations
+
+import pytest
+
+from alexnet.cli import build_parser, train_overrides
+from alexnet.config import PRESETS, RunConfig, apply_overrides, preset_config, validate
+from alexnet.errors import AlexnetError
+
+
+def resolve(*argv: str) -> RunConfig:
+    args = build_parser().parse_args(["train", *argv])
+    return validate(apply_overrides(preset_config(args.preset), train_overrides(args)))
+
+
+def test_the_default_recipe_is_the_cifar10_preset():
+    assert resolve().to_dict()["model"] == resolve("--preset", "cifar10").to_dict()["model"]
+    assert resolve().train == resolve("--preset", "cifar10").train
+
+
+def test_flags_override_the_preset_and_leave_the_rest():
+    cfg = resolve("--preset", "cifar10-fast", "--epochs", "2", "--no-whiten")
+    assert cfg.train.epochs == 2 and cfg.train.whiten is False
+    assert cfg.train.label_smoothing == PRESETS["cifar10-fast"]["train"]["label_smoothing"]
+
+
+def test_another_model_does_not_inherit_the_presets_model_options():
+    # The default preset narrows alexnet-cifar; the paper network must not receive those widths.
+    cfg = resolve("--model", "alexnet", "--norm", "batchnorm", "--image-size", "227")
+    assert cfg.model.name == "alexnet" and cfg.model.widths is None and cfg.model.hidden is None
+    assert cfg.model.norm == "batchnorm"
+
+
+def test_widths_flag_reaches_the_model():
+    cfg = resolve("--widths", "16,32,64,64,64", "--hidden", "256")
+    assert cfg.model.options()["widths"] == (16, 32, 64, 64, 64) and cfg.model.hidden == 256
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves_and_validates(name):
+    cfg = validate(preset_config(name))
+    assert cfg.preset == name
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(AlexnetError, match="cifar10-fast"):
+        preset_config("cifar100")
