@@ -42,18 +42,22 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
     """
     from .engine.trainer import train as run_training
 
-    if resume is not None:
-        extra = set(options) - {"epochs", "device"}
-        if extra or config is not None or preset is not None:
-            raise AlexnetError(f"--resume continues a run with its own config; only --epochs and --device "
-                               f"may change (got {', '.join(sorted(extra)) or 'a config'})")
-        run = run_training(None, resume=resume, epochs=options.get("epochs"), device=options.get("device"),
-                           stop_after_epoch=stop_after_epoch, progress=progress)
-    else:
-        cfg = apply_overrides(config or preset_config(preset), options_to_overrides(options))
-        run = run_training(cfg, out, stop_after_epoch=stop_after_epoch, progress=progress)
     from .engine.distributed import teardown
 
+    try:
+        if resume is not None:
+            extra = set(options) - {"epochs", "device"}
+            if extra or config is not None or preset is not None:
+                raise AlexnetError(f"--resume continues a run with its own config; only --epochs and --device "
+                                   f"may change (got {', '.join(sorted(extra)) or 'a config'})")
+            run = run_training(None, resume=resume, epochs=options.get("epochs"), device=options.get("device"),
+                               stop_after_epoch=stop_after_epoch, progress=progress)
+        else:
+            cfg = apply_overrides(config or preset_config(preset), options_to_overrides(options))
+            run = run_training(cfg, out, stop_after_epoch=stop_after_epoch, progress=progress)
+    except BaseException:
+        teardown(synchronize=False)  # a failed rank must not wait at a barrier its peers may never reach
+        raise
     teardown()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return run

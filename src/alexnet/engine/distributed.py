@@ -51,8 +51,12 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
     return info, device
 
 
-def teardown() -> None:
+def teardown(synchronize: bool = True) -> None:
+    """Leave the process group. Ranks first meet at a barrier so none tears down gloo's threads while a
+    peer still talks to it (that aborts the process: "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 
