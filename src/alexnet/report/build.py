@@ -35,17 +35,20 @@ def build_report(run: Path, data: str | None = None, split: str = "val", out: Pa
     probs = probabilities(loaded, ev.loader)
     metrics = classification_metrics(probs, ev.labels, loaded.classes)
     run_config = read_json(run_dir / "config.json") or {}
+    history = read_json(run_dir / "history.json")
+    # The whole run's time (best.pt may be an earlier epoch's, whose own clock stopped there).
+    seconds = sum(h["seconds"] for h in history) if history else loaded.checkpoint.get("train_seconds")
     run_info = {
         "name": run_dir.name,
         "config": loaded.checkpoint["config"],
         "dataset": ev.description if data else run_config.get("dataset", ev.description),
         "hardware": run_config.get("hardware", {}),
         "versions": run_config.get("versions", {}),
-        "train_seconds": loaded.checkpoint.get("train_seconds"),
+        "train_seconds": seconds,
         "epochs_trained": loaded.checkpoint.get("epoch"),
     }
     out_dir = out or run_dir / "report"
-    write_report(out_dir, metrics=metrics, history=read_json(run_dir / "history.json"), probs=probs,
+    write_report(out_dir, metrics=metrics, history=history, probs=probs,
                  labels=ev.labels, classes=loaded.classes, fetch_images=ev.fetch_images,
                  filters=first_conv_weight(loaded.model), run_info=run_info, split=split)
     return out_dir
