@@ -97,10 +97,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"name": "alexnet-cifar", "widths": (32, 64, 128, 128, 128), "hidden": 512},
         "train": {"epochs": 6, "batch_size": 256, "lr": 0.2, "label_smoothing": 0.2, "whiten": True},
     },
-    # The default recipe of `alexnet train`: the same narrow network for 8 epochs (about 5 minutes).
+    # The default recipe of `alexnet train`: the same narrow network for 12 epochs (about 7.5 minutes);
+    # 8 epochs fit 5 minutes but end near 80% validation accuracy, too close to call.
     "cifar10": {
         "model": {"name": "alexnet-cifar", "widths": (32, 64, 128, 128, 128), "hidden": 512},
-        "train": {"epochs": 8, "batch_size": 256, "lr": 0.2, "label_smoothing": 0.2, "whiten": True},
+        "train": {"epochs": 12, "batch_size": 256, "lr": 0.2, "label_smoothing": 0.2, "whiten": True},
     },
     # The full-width alexnet-cifar (64-128-256-256-256, hidden 1024) on a long schedule.
     "cifar10-best": {
