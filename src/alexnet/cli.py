@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -212,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alexnet {args.command}: interrupted; a run's last.pt holds its last finished epoch "
               "(continue with --resume RUN)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `alexnet evaluate ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 
