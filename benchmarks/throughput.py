@@ -122,12 +122,15 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
              channels_last: bool) -> dict:
     """Measure one case in this process; returns a JSON-able dict."""
     from alexnet.data.memory import Normalizer
+    from alexnet.engine.device import tune_cpu_allocator
     from alexnet.engine.optim import parameter_groups
     from alexnet.models import create_model
     from alexnet.summary import summarize
 
     spec = CASES[name]
     size = spec["image_size"]
+    # As `alexnet train` does on CPU (ALEXNET_MALLOC_TUNE=0 measures without it).
+    malloc_tuned = device.type == "cpu" and tune_cpu_allocator()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     model = create_model(spec["model"], num_classes=10, image_size=size, **spec["options"])
@@ -164,7 +167,7 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
         "channels_last": channels_last, "params": summary.params, "macs_per_image": summary.macs,
         "train_img_s": batch / statistics.median(train_s), "train_img_s_runs": [batch / s for s in train_s],
         "infer_img_s": batch / statistics.median(infer_s), "infer_img_s_runs": [batch / s for s in infer_s],
-        "final_train_loss": loss, "threads": torch.get_num_threads(),
+        "final_train_loss": loss, "threads": torch.get_num_threads(), "malloc_tuned": malloc_tuned,
     }
 
     if spec.get("upsample_from"):
@@ -232,7 +235,8 @@ def format_table(cases: list[dict], matmul: dict, host: dict, settings: dict) ->
         f"device {host['device']} ({where}), {host['torch_threads']} torch threads, torch {host['torch']}; "
         f"median of {settings['runs']} run(s) x {settings['iters']} timed iterations after {settings['warmup']} "
         f"warm-up; channels_last={settings['channels_last']}"
-        + ("; bf16 autocast" if host["device"].startswith("cuda") else "; fp32"),
+        + ("; bf16 autocast" if host["device"].startswith("cuda") else "; fp32")
+        + ("; glibc malloc tuned (no mmap for big blocks)" if any(c.get("malloc_tuned") for c in cases) else ""),
         f"{ref} matmul {matmul['before']['n']}^2: {matmul['before']['gflops']:.1f} GFLOP/s before, "
         f"{matmul['after']['gflops']:.1f} after, mean {matmul['mean_gflops']:.1f} (the '% mm' reference)",
         "GFLOP/s = 2 x MACs x img/s for inference, 3 x 2 x MACs x img/s for training (backward ~ 2x forward); "

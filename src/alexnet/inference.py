@@ -13,7 +13,7 @@ from torch import nn
 from .config import RunConfig
 from .data.pipeline import EvalData, InputSpec, build_eval, memory_eval, prepare_image
 from .engine.checkpoint import load_checkpoint
-from .engine.device import resolve_device
+from .engine.device import resolve_device, tune_cpu_allocator
 from .engine.evaluation import collect_logits, softmax_numpy
 from .errors import AlexnetError
 from .metrics import classification_metrics
@@ -37,6 +37,8 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> LoadedModel:
     state = load_checkpoint(checkpoint)
     cfg = RunConfig.from_dict(state["config"])
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        tune_cpu_allocator()
     classes = list(state["classes"])
     model = create_model(cfg.model.name, num_classes=len(classes), image_size=state["image_size"],
                          **cfg.model.options())

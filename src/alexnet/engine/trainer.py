@@ -23,7 +23,7 @@ from ..models import create_model, default_image_size
 from .checkpoint import (atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
                          write_json)
 from . import distributed
-from .device import autocast, grad_scaler, hardware_info, resolve_device, versions
+from .device import autocast, grad_scaler, hardware_info, resolve_device, tune_cpu_allocator, versions
 from .ema import EMA
 from .evaluation import collect_logits, loss_and_accuracy
 from .optim import build_optimizer, build_scheduler
@@ -183,6 +183,8 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         cfg = replace(cfg, train=replace(cfg.train, device=device))
     validate(cfg)
     info, dev = distributed.setup(resolve_device(cfg.train.device))
+    if dev.type == "cpu":
+        tune_cpu_allocator()
     micro_batch = distributed.check_batch(cfg.train.batch_size, info.world_size, cfg.train.accum_steps)
     out = Path(out) if out is not None else new_run_dir(cfg)
     if info.is_main:
