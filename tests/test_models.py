@@ -55,7 +55,8 @@ def test_option_the_model_does_not_have_raises_alexnet_error():
         ("alexnet", {"image_size": 64}, "image_size"),
         ("alexnet-cifar", {"norm": "lrn"}, "norm"),
         ("alexnet-cifar", {"widths": (64, 128)}, "widths"),
-        ("alexnet-cifar", {"hidden": 0}, "hidden"),
+        ("alexnet-cifar", {"hidden": -1}, "hidden"),
+        ("alexnet-cifar", {"pool_first": "yes"}, "pool_first"),
         ("alexnet-cifar", {"dropout": -0.1}, "dropout"),
         ("alexnet-cifar", {"image_size": 4}, "image_size"),
         ("alexnet-cifar", {"num_classes": 0}, "num_classes"),
@@ -205,3 +206,29 @@ def test_cifar_alexnet_options():
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.Dropout)) for m in model.modules())
     assert layer(model, "classifier.fc6").out_features == 64
     assert layer(model, "classifier.fc6").in_features == 32 * 4 * 4
+
+
+def test_pool_first_computes_the_same_function_with_positive_bn_scales():
+    # max-pool commutes with a per-channel increasing map (BN with scale > 0, then ReLU): same weights,
+    # same outputs, fewer pixels through BN and ReLU.
+    torch.manual_seed(0)
+    kw = dict(num_classes=10, image_size=32, widths=(8, 8, 16, 16, 16), hidden=32)
+    late, early = create_model("alexnet-cifar", **kw), create_model("alexnet-cifar", pool_first=True, **kw)
+    for m in late.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 2.0)
+            m.bias.data.normal_()
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    early.load_state_dict(late.state_dict())  # same parameter names in both orders
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(early.eval()(x), late.eval()(x))
+    names = [n for n, _ in early.features.named_children()]
+    assert names.index("pool1") < names.index("bn1") and "pool3" not in names
+
+
+def test_hidden_zero_is_a_single_fully_connected_layer():
+    model = create_model("alexnet-cifar", num_classes=7, image_size=32, widths=(8, 8, 16, 16, 16), hidden=0)
+    linears = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(16 * 4 * 4, 7)]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)

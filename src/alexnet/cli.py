@@ -33,7 +33,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=["paper", "default"], help="weight initialisation")
     p.add_argument("--image-size", type=positive_int, help="model input side in pixels")
     p.add_argument("--widths", type=widths, metavar="W1,...,W5", help="alexnet-cifar conv widths, e.g. 32,64,128,128,128")
-    p.add_argument("--hidden", type=positive_int, help="alexnet-cifar hidden FC width")
+    p.add_argument("--hidden", type=int, help="alexnet-cifar hidden FC width (0 = no hidden FC layers)")
+    p.add_argument("--pool-first", action=argparse.BooleanOptionalAction,
+                   help="alexnet-cifar: max-pool before batch norm and ReLU (faster)")
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -121,7 +123,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                  "workers": args.workers, "loader": args.loader, "crop": args.crop, "resize": args.resize,
                  "lighting": args.lighting},
         "model": {"name": args.model, "norm": args.norm, "groups": args.groups, "init": args.init,
-                  "dropout": args.dropout, "widths": args.widths, "hidden": args.hidden},
+                  "dropout": args.dropout, "widths": args.widths, "hidden": args.hidden,
+                  "pool_first": args.pool_first},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                   "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
                   "warmup_epochs": args.warmup_epochs, "schedule": args.schedule, "seed": args.seed, "device": args.device,
@@ -189,7 +192,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     name = args.model or "alexnet-cifar"
     size = args.image_size or default_image_size(name)
     options = {k: v for k, v in {"norm": args.norm, "groups": args.groups, "init": args.init,
-                                 "widths": args.widths, "hidden": args.hidden}.items() if v}
+                                 "widths": args.widths, "hidden": args.hidden,
+                                 "pool_first": args.pool_first}.items() if v is not None}
     model = create_model(name, num_classes=args.num_classes, image_size=size, **options)
     extra = "".join(f", {k}={v}" for k, v in options.items())
     print(format_summary(summarize(model, (3, size, size)),

@@ -35,6 +35,7 @@ class ModelConfig:
     dropout: float | None = None
     widths: tuple[int, ...] | None = None
     hidden: int | None = None
+    pool_first: bool | None = None
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for `create_model`, without the ones left at the model default."""
