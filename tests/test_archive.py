@@ -25,8 +25,44 @@ def test_image_archive_reads_like_its_folder(tmp_path):
     from_dir = load_splits(str(folder), 0.0, 0, cache_dir=str(tmp_path / "cache2"))
     assert from_tar.classes == from_dir.classes == ["cat", "dog", "ship"]
     assert (from_tar.train.images == from_dir.train.images).all()
-    again = load_splits(str(tar_path), 0.0, 0, cache_dir=str(tmp_path / "cache"))  # extracted once, reused
-    assert len(list((tmp_path / "cache" / "archives").iterdir())) == 1 and len(again.train) == 18
+    assert len(list((tmp_path / "cache" / "archives").iterdir())) == 1  # one decoded entry, nothing extracted
+
+
+def test_warm_start_reads_the_cache_not_the_archive(tmp_path, monkeypatch):
+    from alexnet.data import archive
+
+    folder = write_class_folder(tmp_path / "train", 6)
+    tar_path = pack(folder, tmp_path / "images.tar.gz")
+    first = load_splits(str(tar_path), 0.0, 0, cache_dir=str(tmp_path / "cache"))
+
+    def no_reading(*args):
+        raise AssertionError("the archive was read again")
+
+    monkeypatch.setattr(archive, "read_members", no_reading)
+    again = load_splits(str(tar_path), 0.0, 0, cache_dir=str(tmp_path / "cache"))
+    assert again.classes == first.classes and (again.train.images == first.train.images).all()
+    tar_path.touch()  # a changed archive (new mtime) is decoded afresh
+    with pytest.raises(AssertionError, match="read again"):
+        load_splits(str(tar_path), 0.0, 0, cache_dir=str(tmp_path / "cache"))
+
+
+def test_archive_with_test_split_and_hidden_members(tmp_path):
+    write_class_folder(tmp_path / "data" / "train", 4)
+    write_class_folder(tmp_path / "data" / "test", 2)
+    (tmp_path / "data" / "train" / "cat" / ".DS_Store.png").write_bytes(b"junk")  # hidden: ignored
+    with tarfile.open(tmp_path / "d.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "data", arcname=".")
+    splits = load_splits(str(tmp_path / "d.tar.gz"), 0.0, 0, cache_dir=str(tmp_path / "cache"))
+    assert len(splits.train) == 12 and len(splits.test) == 6 and splits.classes == ["cat", "dog", "ship"]
+
+
+def test_damaged_member_is_named_in_one_error(tmp_path):
+    folder = write_class_folder(tmp_path / "train", 3)
+    (folder / "dog" / "broken.png").write_bytes(b"not a png")
+    tar_path = pack(folder, tmp_path / "images.tar.gz")
+    with pytest.raises(AlexnetError, match=r"images\.tar\.gz:train/dog/broken\.png"):
+        load_splits(str(tar_path), 0.0, 0, cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "cache" / "archives").exists() or not any((tmp_path / "cache" / "archives").iterdir())
 
 
 def test_image_archive_with_parent_path_is_refused(tmp_path):

@@ -14,6 +14,7 @@ sorted order (for CIFAR-10 class folders this is the official label order).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import multiprocessing
@@ -166,18 +167,36 @@ def scan_folder(root: str | os.PathLike[str]) -> FolderScan:
 # ----------------------------------------------------------------------------- decoding
 
 
-def _decode_into(paths: Sequence[str], size: int, out: np.ndarray) -> list[tuple[int, str]]:
+# An image to decode: a file path, or (name, encoded bytes) as read from an archive.
+ImageSource = str | tuple[str, bytes]
+
+
+def _source_name(item: ImageSource) -> str:
+    return item[0] if isinstance(item, tuple) else item
+
+
+def _load(item: ImageSource):
+    if isinstance(item, tuple):
+        name, data = item
+        try:
+            return load_rgb(io.BytesIO(data))
+        except UnreadableImageError as exc:
+            raise UnreadableImageError(name, exc.reason) from None
+    return load_rgb(item)
+
+
+def _decode_into(paths: Sequence[ImageSource], size: int, out: np.ndarray) -> list[tuple[int, str]]:
     """Decode ``paths`` into ``out`` (len(paths), size, size, 3); return (index, reason) failures."""
     failures: list[tuple[int, str]] = []
     for i, path in enumerate(paths):
         try:
-            out[i] = fit_square(load_rgb(path), size)
+            out[i] = fit_square(_load(path), size)
         except UnreadableImageError as exc:
             failures.append((i, exc.reason))
     return failures
 
 
-def _decode_chunk(paths: Sequence[str], size: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def _decode_chunk(paths: Sequence[ImageSource], size: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Worker entry point: decode one chunk and send the pixels back."""
     out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     return out, _decode_into(paths, size, out)
@@ -209,7 +228,7 @@ def _chunks(start: int, stop: int, size: int, workers: int) -> list[tuple[int, i
     return [(lo, min(lo + step, stop)) for lo in range(start, stop, step)]
 
 
-def _decode_parallel(paths: list[str], start: int, size: int, workers: int, out: np.ndarray) -> list[tuple[int, str]]:
+def _decode_parallel(paths: list[ImageSource], start: int, size: int, workers: int, out: np.ndarray) -> list[tuple[int, str]]:
     failures: list[tuple[int, str]] = []
     chunks = _chunks(start, len(paths), size, workers)
     pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_mp_context())
@@ -248,13 +267,15 @@ def _failure_error(paths: Sequence[str], failures: list[tuple[int, str]], root: 
 
 
 def decode_images(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[str | os.PathLike[str] | tuple[str, bytes]],
     size: int | None,
     workers: int = 0,
     *,
     root: str | os.PathLike[str] | None = None,
 ) -> np.ndarray:
     """Decode image files into one uint8 array ``(N, S, S, 3)`` via ``load_rgb`` + ``fit_square``.
+
+    Each item is a path, or ``(name, encoded bytes)`` for images read from an archive.
 
     ``size`` is the side ``S`` of the square grid. With ``size=None`` the grid
     is taken from the first readable image (its shorter side; for a folder of
@@ -269,7 +290,8 @@ def decode_images(
     """
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
         raise AlexnetError(f"image size must be a positive integer, got {size!r}; pass e.g. --image-size 32")
-    names = [os.fspath(p) for p in paths]
+    items: list[ImageSource] = [p if isinstance(p, tuple) else os.fspath(p) for p in paths]
+    names = [_source_name(item) for item in items]
     n = len(names)
     failures: list[tuple[int, str]] = []
     start = 0
@@ -279,7 +301,7 @@ def decode_images(
         # readable image here, in order: the result then never depends on scheduling.
         while start < n and first is None:
             try:
-                image = load_rgb(names[start])
+                image = _load(items[start])
             except UnreadableImageError as exc:
                 failures.append((start, exc.reason))
                 start += 1
@@ -296,9 +318,9 @@ def decode_images(
         start += 1
     workers = _worker_count(workers)
     if workers > 1 and n - start >= _MIN_PARALLEL:
-        failures += _decode_parallel(names, start, size, workers, out)
+        failures += _decode_parallel(items, start, size, workers, out)
     else:
-        failures += [(start + i, reason) for i, reason in _decode_into(names[start:], size, out[start:])]
+        failures += [(start + i, reason) for i, reason in _decode_into(items[start:], size, out[start:])]
     if failures:
         raise _failure_error(names, failures, root)
     return out

@@ -44,11 +44,11 @@ def read_source(source: str, cache_dir: str | None = None, workers: int = 0
                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], str]:
     """({split: (uint8 NHWC images, labels)}, classes, a description) for any supported source."""
     if source.endswith((".tar.gz", ".tgz")) and Path(source).is_file():
-        from .archive import extract_image_archive, is_cifar_archive
+        from .archive import is_cifar_archive, load_image_archive
 
         if not is_cifar_archive(Path(source)):  # an image folder packed as a tarball
-            root = extract_image_archive(Path(source), cache_root(cache_dir))
-            return read_source(str(root), cache_dir, workers)[:2] + (f"image archive {source}",)
+            splits, classes = load_image_archive(Path(source), cache_root(cache_dir), workers=workers)
+            return splits, classes, f"image archive {source}"
     if is_cifar_source(source):
         from . import cifar10  # back-ends are imported only when their kind of data is read
 
