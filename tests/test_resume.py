@@ -72,3 +72,17 @@ def test_a_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_val_every_validates_on_schedule_and_always_leaves_best_pt(tiny_folder, tmp_path):
+    run = alexnet.train(data=str(tiny_folder / "train"), out=tmp_path / "r", val_split=0.25, val_every=2,
+                        **{**OPTIONS, "epochs": 3})
+    history = load_checkpoint(run / "last.pt")["history"]
+    validated = [h["epoch"] for h in history if h["val_acc"] == h["val_acc"]]
+    assert validated == [2, 3]  # every 2nd epoch, and the last one
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] in (2, 3) and best["best_val_acc"] == max(history[1]["val_acc"], history[2]["val_acc"])
+    # Interrupted before any validation: best.pt still holds the latest weights.
+    early = alexnet.train(data=str(tiny_folder / "train"), out=tmp_path / "e", val_split=0.25, val_every=0,
+                          stop_after_epoch=1, **{**OPTIONS, "epochs": 3})
+    assert load_checkpoint(early / "best.pt")["epoch"] == 1

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-epochs", type=float)
     t.add_argument("--schedule", choices=["linear", "cosine", "plateau"], help="learning-rate decay")
     t.add_argument("--dropout", type=float, help="dropout before the hidden FC layers (0 = none)")
+    t.add_argument("--val-every", type=int, help="validate every N epochs (the last always; 0 = last only)")
+    t.add_argument("--tta-shift", type=int, help="test-time augmentation: also average copies moved by this "
+                                                 "many pixels (0 = flips only)")
     t.add_argument("--ema", type=float, help="weight moving-average decay, e.g. 0.99 (0 = off)")
     t.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None, help="first conv from patch whitening")
     t.add_argument("--accum-steps", type=positive_int, help="gradient accumulation: micro-batches per step")
@@ -129,7 +132,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                   "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
                   "warmup_epochs": args.warmup_epochs, "schedule": args.schedule, "seed": args.seed, "device": args.device,
                   "amp": args.amp, "compile": args.compile,
-                  "accum_steps": args.accum_steps, "ema": args.ema,
+                  "accum_steps": args.accum_steps, "ema": args.ema, "tta_shift": args.tta_shift,
+                  "val_every": args.val_every,
                   "whiten": args.whiten, "sync_bn": args.sync_bn},
     }
     out = {section: {k: v for k, v in values.items() if v is not None} for section, values in picks.items()}

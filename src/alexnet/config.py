@@ -56,6 +56,8 @@ class TrainConfig:
     schedule: str = "linear"  # linear | cosine decay to zero after warm-up | plateau (the paper's /10)
     plateau_patience: int = 2  # epochs without a better val accuracy before a plateau schedule divides by 10
     tta: bool = True  # evaluate on the image and its mirror, average the logits
+    val_every: int = 1  # validate every N epochs (the last epoch always); 0 = after the last epoch only
+    tta_shift: int = 0  # with tta, also average copies translated by this many pixels (0 = flips only)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     channels_last: bool = True
@@ -182,6 +184,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0 <= d.val_split < 1, "--val-split must be in [0, 1)"),
         (d.image_size is None or 8 <= d.image_size <= 1024, "--image-size must be between 8 and 1024"),
         (0 <= d.crop_padding <= 64, "--crop-padding must be between 0 and 64"),
+        (t.val_every >= 0, "--val-every must be >= 0 (0 = after the last epoch only)"),
+        (0 <= t.tta_shift <= 8, "--tta-shift must be between 0 and 8 pixels"),
         (d.workers >= 0, "--workers must be >= 0"),
         (d.loader in ("auto", "memory", "stream"), "--loader must be auto, memory or stream"),
         (d.crop in ("random-resized", "paper"), "--crop must be random-resized or paper"),

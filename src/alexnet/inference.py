@@ -73,7 +73,7 @@ def eval_data(loaded: LoadedModel, data: str | None, split: str, batch_size: int
 def probabilities(loaded: LoadedModel, loader: Any) -> np.ndarray:
     """Class probabilities (N, C) over a loader, with the run's own test-time augmentation."""
     logits, _ = collect_logits(loaded.model, loader, loaded.device, loaded.config.train.amp,
-                               loaded.config.train.tta)
+                               loaded.config.train.tta, loaded.config.train.tta_shift)
     return softmax_numpy(logits)
 
 

@@ -67,10 +67,11 @@ def layout(names: list[str], tar_path: Path) -> tuple[list[str], dict[str, tuple
     where = f"--data {tar_path}"
     tops = {PurePosixPath(n).parts[0] for n in names if len(PurePosixPath(n).parts) >= 3}
     split_layout = "train" in tops
+    rename = {}
     if not split_layout and tops and tops <= {"test", "val"} and all(len(PurePosixPath(n).parts) >= 3 for n in names):
         held = "test" if "test" in tops else "val"  # a held-out split packed alone: it is the data
         names = [n for n in names if PurePosixPath(n).parts[0] == held]
-        names = ["train/" + n.split("/", 1)[1] for n in names]
+        rename = {held: "train"}
         split_layout = True
     by_split: dict[str, dict[str, list[str]]] = {}
     for name in names:
@@ -78,7 +79,7 @@ def layout(names: list[str], tar_path: Path) -> tuple[list[str], dict[str, tuple
         if split_layout:
             if len(parts) < 3 or parts[0] not in ("train", "val", "test"):
                 continue
-            split, cls = parts[0], parts[1]
+            split, cls = rename.get(parts[0], parts[0]), parts[1]
         else:
             if len(parts) < 2:
                 continue

@@ -12,11 +12,26 @@ from torch import nn
 from .device import autocast
 
 
+def flip_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Flip test-time augmentation: a mirrored scene is the same class, so average both views."""
+    return 0.5 * (model(x) + model(x.flip(3)))
+
+
+def shift_logits(model: nn.Module, x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Flips and translations: half the weight on the image (and mirror) as it is, half on the two copies
+    moved by `shift` pixels diagonally either way (reflect-padded, as the training crops): 6 passes."""
+    side_h, side_w = x.shape[-2:]
+    padded = F.pad(x, (shift,) * 4, mode="reflect")
+    moved = [padded[..., :side_h, :side_w], padded[..., 2 * shift:, 2 * shift:]]
+    return 0.5 * flip_logits(model, x) + 0.25 * (flip_logits(model, moved[0]) + flip_logits(model, moved[1]))
+
+
 @torch.no_grad()
 def collect_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                   device: torch.device, amp: str = "auto", tta: bool = False
+                   device: torch.device, amp: str = "auto", tta: bool = False, tta_shift: int = 0
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits float32 (N, C), labels (N,)) on the CPU; with `tta` the mirror image's logits are averaged in."""
+    """(logits float32 (N, C), labels (N,)) on the CPU; with `tta` the mirror image's logits are averaged in,
+    with `tta_shift` > 0 also those of copies translated by that many pixels (see `shift_logits`)."""
     was_training = model.training
     model.eval()
     all_logits, all_labels = [], []
@@ -25,11 +40,12 @@ def collect_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
             with autocast(device, amp):
                 if x.ndim == 5:  # (B, views, C, H, W): the paper's ten crops, logits averaged over views
                     logits = model(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1).mean(1)
+                elif tta and tta_shift > 0:
+                    logits = shift_logits(model, x, tta_shift)
+                elif tta:
+                    logits = flip_logits(model, x)
                 else:
                     logits = model(x)
-                if tta and x.ndim == 4:
-                    # Flip test-time augmentation: a mirrored scene is the same class.
-                    logits = 0.5 * (logits + model(x.flip(3)))
             all_logits.append(logits.float().cpu())
             all_labels.append(y.cpu())
     finally:

@@ -132,7 +132,8 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
 def validate_epoch(model: nn.Module, loader: BatchLoader, cfg: RunConfig, device: torch.device,
                    info: distributed.Dist) -> tuple[float, float]:
     """Validation loss and accuracy over the whole split: each rank runs a share, the logits are gathered."""
-    logits, labels = collect_logits(model, loader, device, cfg.train.amp, cfg.train.tta)
+    logits, labels = collect_logits(model, loader, device, cfg.train.amp, cfg.train.tta,
+                                    cfg.train.tta_shift)
     total = len(loader.labels)
     logits = distributed.gather_strided(logits.to(device), total, info).cpu()
     labels = distributed.gather_strided(labels.to(device), total, info).cpu()
@@ -240,7 +241,9 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
                                                       ui, epoch, info, ema, scaler)
         train_time = time.perf_counter() - start
         val_loss = val_acc = float("nan")
-        if val_loader is not None:
+        every = cfg.train.val_every
+        validated = val_loader is not None and (epoch + 1 == cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0))
+        if validated:
             val_loss, val_acc = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg, dev, info)
         scheduler.epoch_end(val_acc)
         seconds = time.perf_counter() - start
@@ -250,10 +253,11 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
                               "val_loss": val_loss, "val_acc": val_acc,
                               "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / train_time,
                               "seconds": seconds})
-        # Without a validation split the latest epoch is the best one we can know of.
+        # Without a validation split the latest epoch is the best one we can know of. An epoch skipped by
+        # --val-every only writes best.pt while no epoch has been validated yet, so best.pt always exists.
         score = val_acc if val_loader is not None else float(state.epoch)
-        improved = score > state.best_val_acc
-        if improved:
+        improved = score > state.best_val_acc if validated or val_loader is None else state.best_val_acc < 0
+        if improved and (validated or val_loader is None):
             state.best_val_acc = score
         if info.is_main:
             save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True, ema,
@@ -262,10 +266,10 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
                 save_checkpoint(out / "best.pt",
                                 checkpoint_state(model, optimizer, scheduler, state, cfg, meta, False, ema))
             write_history(out, state.history)
-        val_text = f"val loss {val_loss:.3f} acc {val_acc * 100:.2f}%" if val_loader is not None else "no val"
+        val_text = f"val loss {val_loss:.3f} acc {val_acc * 100:.2f}%" if validated else "no val"
         ui.print(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  train loss {train_loss:.3f} acc {train_acc * 100:.2f}%"
                  f"  {val_text}  lr {optimizer.param_groups[0]['lr']:.4g}  {seen / train_time:,.0f} img/s"
-                 f"  {seconds:.1f}s{'  *best' if improved and val_loader is not None else ''}")
+                 f"  {seconds:.1f}s{'  *best' if improved and validated else ''}")
     if info.enabled:
         prints = distributed.weight_fingerprints(model, info)
         if info.is_main:
