@@ -1,8 +1,10 @@
 """Wall-clock time and final accuracy of whole `alexnet train` runs, per preset and seed.
 
 Each run is one `python -m alexnet train --data DATA --preset P --seed S --out TMP/run --quiet
---no-report [EXTRA...]` process, timed from launch to exit (interpreter start, imports, data
-decoding and caching, every epoch, checkpoints): what a user waits for. Runs are sequential.
+[EXTRA...]` process, timed from launch to exit (interpreter start, imports, data decoding and
+caching, every epoch, checkpoints, the HTML report when the preset writes one): what a user waits
+for. Runs are sequential. Presets that validate only at the end (`val_every` 0) give one point per
+run; `--extra --val-every 1` draws the whole curve at the cost of validating every epoch.
 With --cold (the default) every run gets a fresh empty ALEXNET_DATA, so extracting/decoding the
 data and writing its cache are part of every run; --warm reuses the existing cache.
 
@@ -117,12 +119,14 @@ def curve(history: list[dict], wall_s: float) -> tuple[float, list[dict]]:
     startup = wall - sum(epoch seconds): everything outside the epochs' train+validation time
     (start-up, data, model build, checkpoint writes, exit) is put before epoch 1, so each point is
     an upper bound of when that accuracy was reached and the last one is the run's wall time.
+    Epochs that were not validated (`--val-every`) give no point.
     """
     startup = wall_s - sum(h["seconds"] for h in history)
     points, t = [], startup
     for h in history:
         t += h["seconds"]
-        points.append({"epoch": h["epoch"], "seconds": t, "val_acc": h["val_acc"]})
+        if h["val_acc"] == h["val_acc"]:  # NaN: not validated
+            points.append({"epoch": h["epoch"], "seconds": t, "val_acc": h["val_acc"]})
     return startup, points
 
 
@@ -140,7 +144,7 @@ def one_run(data: str, preset: str, seed: int, extra: list[str], cold: bool, kee
             env["ALEXNET_DATA"] = str(work / "cache")
         run_dir = work / "run"
         cmd = [sys.executable, "-m", "alexnet", "train", "--data", data, "--preset", preset, "--seed", str(seed),
-               "--out", str(run_dir), "--quiet", "--no-report", *extra]
+               "--out", str(run_dir), "--quiet", *extra]
         record = {"preset": preset, "seed": seed, "command": cmd[1:], "cold": cold,
                   "alexnet_data": env.get("ALEXNET_DATA"), **run_measured(cmd, env, work)}
         if record["returncode"] != 0:
@@ -149,7 +153,7 @@ def one_run(data: str, preset: str, seed: int, extra: list[str], cold: bool, kee
             return record
         history = json.loads((run_dir / "history.json").read_text())
         startup, points = curve(history, record["wall_s"])
-        accs = [h["val_acc"] for h in history]
+        accs = [h["val_acc"] for h in history if h["val_acc"] == h["val_acc"]]
         record.update({"epochs": len(history), "startup_s": startup,
                        "train_val_s": sum(h["seconds"] for h in history),
                        "final_val_acc": accs[-1], "best_val_acc": max(accs), "curve": points,

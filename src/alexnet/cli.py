@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where it stopped")
     t.add_argument("--stop-after-epoch", type=positive_int, metavar="N",
                    help="stop after epoch N as if interrupted (e.g. a time-limited job); --resume continues")
-    t.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+    t.add_argument("--report", action=argparse.BooleanOptionalAction,
+                   help="write the HTML report at the end (default on; off in cifar10-fast: `alexnet report RUN` later)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("evaluate", help="accuracy, top-5, per-class scores, confusion matrix")
@@ -137,8 +138,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                   "whiten": args.whiten, "sync_bn": args.sync_bn},
     }
     out = {section: {k: v for k, v in values.items() if v is not None} for section, values in picks.items()}
-    if args.no_report:
-        out["train"]["report"] = False
+    if args.report is not None:
+        out["train"]["report"] = args.report
     return out
 
 
@@ -153,6 +154,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = apply_overrides(preset_config(args.preset), train_overrides(args))
         run = train(cfg, out=args.out, stop_after_epoch=args.stop_after_epoch, progress=not args.quiet)
     print(f"run folder: {run}")
+    if not (run / "report" / "report.html").exists() and not args.quiet:
+        print(f"no HTML report written; `alexnet report {run}` writes it")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
