@@ -46,3 +46,19 @@ def test_every_preset_resolves_and_validates(name):
 def test_unknown_preset_names_the_choices():
     with pytest.raises(AlexnetError, match="cifar10-fast"):
         preset_config("cifar100")
+
+
+def test_report_flag_overrides_the_presets_choice():
+    assert resolve().train.report is True  # the default recipe writes the HTML report
+    assert resolve("--preset", "cifar10-fast").train.report is False  # its 60 s budget skips it
+    assert resolve("--preset", "cifar10-fast", "--report").train.report is True
+    assert resolve("--no-report").train.report is False
+
+
+def test_new_model_and_validation_options_resolve_and_are_checked():
+    cfg = resolve("--pool-first", "--hidden", "0", "--val-every", "3", "--tta-shift", "1")
+    assert cfg.model.options()["pool_first"] is True and cfg.model.options()["hidden"] == 0
+    assert cfg.train.val_every == 3 and cfg.train.tta_shift == 1
+    for flags, message in ((("--val-every", "-1"), "--val-every"), (("--tta-shift", "9"), "--tta-shift")):
+        with pytest.raises(AlexnetError, match=message):
+            resolve(*flags)

@@ -94,3 +94,23 @@ def test_two_ranks_together_see_exactly_the_batches_of_one_process():
     for (x1, y1), (xa, ya), (xb, yb) in zip(single, *ranks):
         assert torch.equal(x1[0::2], xa) and torch.equal(x1[1::2], xb)
         assert torch.equal(y1[0::2], ya) and torch.equal(y1[1::2], yb)
+
+
+def test_alternate_flip_mirrors_each_image_in_every_other_epoch():
+    # Images that are their own class label, no crop: then the flip of each image in each epoch is visible.
+    images = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = Normalizer([0.5] * 3, [0.25] * 3, 8, torch.device("cpu"))
+    loader = BatchLoader(images, torch.arange(64), 16, norm, train=True, flip=True, flip_mode="alternate", seed=3)
+    plain = norm(images)
+
+    def flipped(epoch):
+        loader.set_epoch(epoch)
+        state = {}
+        for x, y in loader:
+            for xi, yi in zip(x, y.tolist()):
+                state[yi] = torch.equal(xi, plain[yi].flip(2))
+        return state
+
+    e0, e1, e2 = flipped(0), flipped(1), flipped(2)
+    assert all(e1[i] != e0[i] for i in e0) and e2 == e0  # mirrored every other epoch, same coin each time
+    assert 16 < sum(e0.values()) < 48  # the first epoch's coins are fair

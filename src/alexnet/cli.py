@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-epochs", type=float)
     t.add_argument("--schedule", choices=["linear", "cosine", "plateau"], help="learning-rate decay")
     t.add_argument("--dropout", type=float, help="dropout before the hidden FC layers (0 = none)")
+    t.add_argument("--crop-padding", type=int, help="random-crop translation in pixels (default 4; 0 = off)")
+    t.add_argument("--flip-mode", choices=["random", "alternate"],
+                   help="random: a coin per image per epoch; alternate: mirrored every other epoch")
     t.add_argument("--val-every", type=int, help="validate every N epochs (the last always; 0 = last only)")
     t.add_argument("--tta-shift", type=int, help="test-time augmentation: also average copies moved by this "
                                                  "many pixels (0 = flips only)")
@@ -125,7 +128,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     picks = {
         "data": {"source": args.data, "image_size": args.image_size, "val_split": args.val_split,
                  "workers": args.workers, "loader": args.loader, "crop": args.crop, "resize": args.resize,
-                 "lighting": args.lighting},
+                 "lighting": args.lighting, "crop_padding": args.crop_padding, "flip_mode": args.flip_mode},
         "model": {"name": args.model, "norm": args.norm, "groups": args.groups, "init": args.init,
                   "dropout": args.dropout, "widths": args.widths, "hidden": args.hidden,
                   "pool_first": args.pool_first},

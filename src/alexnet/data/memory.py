@@ -122,13 +122,18 @@ class BatchLoader:
     """Yields (inputs, labels) batches from an in-memory ImageSet, optionally augmented and shuffled."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalizer,
-                 *, train: bool, crop_padding: int = 0, flip: bool = False, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 *, train: bool, crop_padding: int = 0, flip: bool = False, flip_mode: str = "random",
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
         self.images, self.labels = images, labels
         self.batch_size, self.normalize = batch_size, normalize
         self.train, self.crop_padding, self.flip, self.seed = train, crop_padding, flip, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        # Alternating flip (airbench): each image gets a seeded coin once, then is mirrored in every other
+        # epoch, so any two consecutive epochs show it both ways instead of by chance.
+        self.alternate = flip_mode == "alternate"
+        self.base_flips = (torch.rand(len(labels), generator=torch.Generator().manual_seed(seed * 7_919 + 1)) < 0.5
+                           if self.alternate else None)
 
     def set_epoch(self, epoch: int) -> None:
         """Order and augmentation depend only on (seed, epoch): a resumed run sees the same batches."""
@@ -162,6 +167,8 @@ class BatchLoader:
                     dy, dx = crop_offsets(len(g), self.crop_padding, gen)
                 if self.flip:
                     flips = torch.rand(len(g), generator=gen) < 0.5
+                    if self.base_flips is not None:
+                        flips = self.base_flips[g] ^ (self.epoch % 2 == 1)
                 share = slice(self.rank, None, self.world_size)
                 b = g[share].to(self.images.device)
                 x = self.images[b]

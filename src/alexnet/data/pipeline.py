@@ -151,7 +151,8 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
     normalize = Normalizer(list(spec.mean), list(spec.std), image_size, device, channels_last)
     train = BatchLoader(to_device_tensor(splits.train.images, device),
                         torch.from_numpy(splits.train.labels).to(device), batch_size, normalize, train=True,
-                        crop_padding=cfg.crop_padding, flip=cfg.flip, seed=seed, **shard)
+                        crop_padding=cfg.crop_padding, flip=cfg.flip, flip_mode=cfg.flip_mode, seed=seed,
+                        **shard)
     val = None
     if splits.val is not None:
         v = splits.val
