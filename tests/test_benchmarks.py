@@ -31,7 +31,7 @@ def test_throughput_case_runs_and_counts_flops(bench):
     tp = bench["throughput"]
     import torch
 
-    case = tp.run_case("alexnet-cifar-small@32", device=torch.device("cpu"), batch=2, runs=1, warmup=0, iters=1,
+    case = tp.run_case("alexnet-cifar-16w@32", device=torch.device("cpu"), batch=2, runs=1, warmup=0, iters=1,
                        channels_last=True)
     assert case["train_img_s"] > 0 and case["infer_img_s"] > 0 and case["peak_rss_mb"] > 0
     tp.add_rates(case, ref_gflops=100.0)

@@ -103,7 +103,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "data": {"crop_padding": 1},
         "model": {"name": "alexnet-cifar", "widths": (16, 32, 64, 64, 64), "hidden": 0, "dropout": 0.0,
                   "pool_first": True},
-        "train": {"epochs": 6, "batch_size": 256, "lr": 0.2, "label_smoothing": 0.2, "whiten": True,
+        "train": {"epochs": 5, "batch_size": 256, "lr": 0.2, "label_smoothing": 0.2, "whiten": True,
                   "val_every": 0, "report": False},
     },
     # The default recipe of `alexnet train`: 32-64-128-128-128 with one FC layer for 12 epochs.
