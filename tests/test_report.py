@@ -213,3 +213,24 @@ def test_report_without_history_filters_or_mistakes(tmp_path: Path) -> None:
     html = paths["html"].read_text(encoding="utf-8")
     assert "100.00%" in html and "No confusions" in html
     assert "100.00%" in paths["markdown"].read_text(encoding="utf-8")
+
+
+def test_sparse_validation_is_drawn_as_one_joined_line(tmp_path, monkeypatch):
+    # --val-every 2: epochs 1 and 3 have no validation; the val line must join epochs 2 and 4, not vanish.
+    import matplotlib.axes
+
+    from alexnet.report import plots
+
+    drawn = []
+    original = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        if kwargs.get("color") == plots.VAL:
+            drawn.append(list(args[0]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    rows = [dict(HISTORY[0], epoch=e, val_acc=0.1 * e) for e in (1, 2, 3, 4)]
+    sparse = [dict(r, val_acc=float("nan"), val_loss=float("nan")) if r["epoch"] % 2 else r for r in rows]
+    plot_curves(sparse, tmp_path / "sparse.png")
+    assert drawn and all(xs == [2, 4] for xs in drawn)

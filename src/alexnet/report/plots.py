@@ -167,8 +167,11 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str])
                 last = tr[np.isfinite(tr)][-1]
                 ax.plot(ep, tr, color=TRAIN, lw=2, label=f"train (last {fmt(last / scale)})", **mk)
             if np.isfinite(va).any():
-                last = va[np.isfinite(va)][-1]
-                ax.plot(ep, va, color=VAL, lw=2, label=f"val (last {fmt(last / scale)})", **mk)
+                # Runs with --val-every N validate some epochs only: join the validated ones, always marked.
+                seen = np.isfinite(va)
+                last = va[seen][-1]
+                ax.plot(ep[seen], va[seen], color=VAL, lw=2, label=f"val (last {fmt(last / scale)})",
+                        **(mk if seen.all() else {"marker": "o", "markersize": 3.5}))
             ax.set_ylabel(name)
 
         ax_acc.set_title("Accuracy", pad=8)
