@@ -40,8 +40,8 @@ from matmul import matmul_gflops  # noqa: E402
 # name -> how to build it. `upsample_from`: the recipe trains on 32 px data resized on the device.
 CASES: dict[str, dict] = {
     # The networks of the three CIFAR presets (src/alexnet/config.py), then the 227 px paper networks.
-    "alexnet-cifar@32": {"model": "alexnet-cifar", "options": {"pool_first": True}, "image_size": 32,
-                         "batch": 256},
+    "alexnet-cifar@32": {"model": "alexnet-cifar", "options": {"hidden": 0, "dropout": 0.0, "pool_first": True},
+                         "image_size": 32, "batch": 256},
     "alexnet-cifar-32w@32": {"model": "alexnet-cifar",
                              "options": {"widths": (32, 64, 128, 128, 128), "hidden": 0, "dropout": 0.0,
                                          "pool_first": True},
