@@ -113,6 +113,12 @@ def run_measured(cmd: list[str], env: dict, log_dir: Path, poll_s: float = 0.2) 
     return result
 
 
+def validated(epoch: dict) -> bool:
+    """Whether an epoch of history.json has a validation accuracy (null, or NaN before, when not)."""
+    acc = epoch.get("val_acc")
+    return acc is not None and acc == acc
+
+
 def curve(history: list[dict], wall_s: float) -> tuple[float, list[dict]]:
     """(startup seconds, [{epoch, seconds, val_acc}]) with seconds cumulative from process start.
 
@@ -125,7 +131,7 @@ def curve(history: list[dict], wall_s: float) -> tuple[float, list[dict]]:
     points, t = [], startup
     for h in history:
         t += h["seconds"]
-        if h["val_acc"] == h["val_acc"]:  # NaN: not validated
+        if validated(h):
             points.append({"epoch": h["epoch"], "seconds": t, "val_acc": h["val_acc"]})
     return startup, points
 
@@ -153,7 +159,7 @@ def one_run(data: str, preset: str, seed: int, extra: list[str], cold: bool, kee
             return record
         history = json.loads((run_dir / "history.json").read_text())
         startup, points = curve(history, record["wall_s"])
-        accs = [h["val_acc"] for h in history if h["val_acc"] == h["val_acc"]]
+        accs = [h["val_acc"] for h in history if validated(h)]
         record.update({"epochs": len(history), "startup_s": startup,
                        "train_val_s": sum(h["seconds"] for h in history),
                        "final_val_acc": accs[-1], "best_val_acc": max(accs), "curve": points,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -80,6 +82,9 @@ def test_val_every_validates_on_schedule_and_always_leaves_best_pt(tiny_folder, 
     history = load_checkpoint(run / "last.pt")["history"]
     validated = [h["epoch"] for h in history if h["val_acc"] == h["val_acc"]]
     assert validated == [2, 3]  # every 2nd epoch, and the last one
+    # history.json stays strict JSON (no NaN literal, which browsers and jq reject): null when not validated.
+    on_disk = json.loads((run / "history.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert [h["val_acc"] is None for h in on_disk] == [True, False, False]
     best = load_checkpoint(run / "best.pt")
     assert best["epoch"] in (2, 3) and best["best_val_acc"] == max(history[1]["val_acc"], history[2]["val_acc"])
     # Interrupted before any validation: best.pt still holds the latest weights.

@@ -6,7 +6,6 @@ Heavy imports (torch, matplotlib) happen inside the verbs so `alexnet --help` st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Sequence
@@ -164,12 +163,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .api import evaluate
     from .engine.checkpoint import write_json
+    from .jsonio import json_text
     from .tables import format_metrics
 
     metrics = evaluate(args.checkpoint, data=args.data, split=args.split, device=args.device,
                        ten_crop=args.ten_crop)
     if args.json == "-":
-        print(json.dumps(metrics, indent=2))
+        print(json_text(metrics))
         return
     print(format_metrics(metrics, f"{args.checkpoint} on the {args.split} split"))
     if args.json:
@@ -178,10 +178,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .api import predict
+    from .jsonio import json_text
 
     results = predict(args.checkpoint, args.images, top_k=args.top_k, device=args.device)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json_text(results))
         return
     for r in results:
         top = "  ".join(f"{p['class']} {p['probability'] * 100:.1f}%" for p in r["predictions"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import AlexnetError
+from ..jsonio import json_text
 
 FORMAT = "alexnet-checkpoint"
 VERSION = 1
@@ -37,10 +37,10 @@ def atomic_write(path: Path, write: Any) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    text = json_text(obj) + "\n"
+
     def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        Path(tmp).write_text(text, encoding="utf-8")
 
     atomic_write(path, write)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from alexnet.jsonio import json_text
 from alexnet.report.gallery import most_confused, plot_confused_pairs, plot_examples, plot_filters, select_examples
 from alexnet.report.plots import (
     format_duration,
@@ -107,14 +108,6 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]
             yield f"{prefix}{k}", v
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def per_class_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per-class rows {class, precision, recall, f1, support}, sorted by F1, best first.
 
@@ -175,7 +168,7 @@ def write_report(
 
     paths: dict[str, Path] = {}
     paths["metrics"] = write_atomic(
-        out / "metrics.json", (json.dumps(metrics, indent=2, default=_json_default) + "\n").encode()
+        out / "metrics.json", (json_text(metrics) + "\n").encode()
     )
     if history:
         paths["curves"] = plot_curves(history, out / "curves.png")
