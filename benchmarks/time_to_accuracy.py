@@ -214,7 +214,8 @@ def _pm(st: dict, fmt: str) -> tuple[str, str]:
     return f"{st['mean']:{fmt}} ± {st['std']:{fmt}}", f"{st['min']:{fmt}} / {st['max']:{fmt}}"
 
 
-def format_table(summary: list[dict], matmul: dict, targets: list[float]) -> str:
+def format_table(summary: list[dict], matmul: dict | list[dict], targets: list[float]) -> str:
+    """The summary as a fixed-width table; `matmul` is the run's rate, or one per merged result file."""
     cols = [("preset", 16, "<"), ("seeds", 7, "<"), ("wall s mean ± std", 19, ">"), ("wall s min / max", 17, ">"),
             ("val % mean ± std", 16, ">"), ("val % min / max", 15, ">"), ("peak RSS MB", 11, ">"),
             ("tree RSS MB", 11, ">")]
@@ -235,8 +236,10 @@ def format_table(summary: list[dict], matmul: dict, targets: list[float]) -> str
         rows.append(line(cells))
     header = line([c[0] for c in cols])
     rule = "-" * len(header)
-    notes = [f"fp32 matmul {matmul['before']['n']}^2: {matmul['before']['gflops']:.1f} GFLOP/s before, "
-             f"{matmul['after']['gflops']:.1f} after, mean {matmul['mean_gflops']:.1f}",
+    rates = "; ".join(f"{m['before']['gflops']:.1f} GFLOP/s before, {m['after']['gflops']:.1f} after, "
+                      f"mean {m['mean_gflops']:.1f}" for m in (matmul if isinstance(matmul, list) else [matmul]))
+    first = matmul[0] if isinstance(matmul, list) else matmul
+    notes = [f"fp32 matmul {first['before']['n']}^2: {rates}",
              "wall: whole `alexnet train` process (start-up, data, epochs, checkpoints); val: last epoch's val "
              "accuracy; peak RSS: largest single process (time -v), tree: polled sum over the process tree; "
              "s to T%: mean seconds to the first epoch >= T% (runs that reached it / runs)"]
@@ -311,9 +314,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=str(HERE / "results" / "time_to_accuracy.json"))
     p.add_argument("--png", default=str(HERE / "results" / "time_to_accuracy.png"))
     p.add_argument("--keep-runs", metavar="DIR", help="copy every run folder to DIR/<preset>-seed<S> (default: delete)")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="train nothing: combine the runs of earlier result files (seeds of a long preset run "
+                        "on different days) into one table, --json and --png")
     p.add_argument("--extra", metavar="ARGS", help="(see below)")  # listed in --help; split off before parsing
     args = p.parse_args(own)
     args.extra = extra
+    if args.merge:
+        args.merged = [load_results(path, p) for path in args.merge]
+        return args
 
     if not args.data:
         p.error("no data: pass --data (a CIFAR-10 tarball, batches folder or image folder) "
@@ -338,8 +347,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_results(path: str, p: argparse.ArgumentParser) -> dict:
+    """A result file this script wrote, or a one-line usage error naming it."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        p.error(f"--merge {path}: cannot read it as JSON ({e.__class__.__name__}: {e})")
+    if not isinstance(doc, dict) or doc.get("benchmark") != "time_to_accuracy" or "runs" not in doc:
+        p.error(f"--merge {path}: not a time_to_accuracy.py result file (no 'benchmark': 'time_to_accuracy')")
+    return doc
+
+
+def merge(args: argparse.Namespace) -> int:
+    """One summary, table, JSON and plot from the runs of several result files; nothing is trained."""
+    runs, seen = [], {}
+    for path, doc in zip(args.merge, args.merged):
+        for r in doc["runs"]:
+            key = (r["preset"], r["seed"])
+            if key in seen:
+                raise SystemExit(f"--merge: {r['preset']} seed {r['seed']} is in both {seen[key]} and {path}; "
+                                 "leave one of them out")
+            seen[key] = path
+            runs.append({**r, "source": path, "matmul": doc["matmul"]})
+    presets = args.presets or list(dict.fromkeys(r["preset"] for r in runs))
+    targets = args.targets or sorted({t for doc in args.merged for t in doc.get("targets_pct", [])})
+    for r in runs:  # targets the original run did not ask for come from its curve
+        if "error" not in r:
+            r["time_to_target_s"] = {f"{t:g}": time_to_target(r["curve"], t) for t in targets}
+    matmuls = [doc["matmul"] for doc in args.merged]
+    summary = summarize(runs, presets, targets)
+    print(format_table(summary, matmuls, targets))
+    first = args.merged[0]
+    mean_rate = statistics.fmean(m["mean_gflops"] for m in matmuls)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "time_to_accuracy", "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "merged_from": args.merge, "git": [doc.get("git") for doc in args.merged], "host": first.get("host"),
+        "data": first.get("data"), "cold_cache": [doc.get("cold_cache") for doc in args.merged],
+        "presets": presets, "seeds": sorted({r["seed"] for r in runs}), "targets_pct": targets,
+        "matmul": matmuls, "summary": summary, "runs": runs}, indent=2) + "\n")
+    host = first.get("host") or {}
+    title = (f"{', '.join(presets)} on {Path(str(first.get('data'))).name}: {host.get('cpu_model', '?')}, "
+             f"{host.get('torch_threads', '?')} threads, fp32 matmul {mean_rate:.0f} GFLOP/s "
+             f"({len(args.merge)} result files)")
+    plot(runs, presets, targets, Path(args.png), title)
+    print(f"\nwrote {out} and {args.png}")
+    return 1 if any("error" in r for r in runs) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     from throughput import cpu_model, git_commit
 
     import torch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -79,3 +80,43 @@ def test_curve_summary_and_plot(bench, tmp_path):
 def test_extra_passthrough_is_split_off(bench):
     own, extra = bench["time_to_accuracy"].split_extra(["--seeds", "0", "--extra", "--epochs", "1", "--seeds", "x"])
     assert own == ["--seeds", "0"] and extra == ["--epochs", "1", "--seeds", "x"]
+
+
+def test_merge_combines_seeds_from_separate_result_files(bench, tmp_path, capsys):
+    # A 45-minute preset is run one seed at a time; --merge gives the table and plot of all of them.
+    tta = bench["time_to_accuracy"]
+    files = []
+    for seed, final, rate in ((0, 0.88, 190.0), (1, 0.90, 210.0)):
+        points = [{"epoch": 1, "seconds": 100.0, "val_acc": final - 0.1},
+                  {"epoch": 2, "seconds": 200.0, "val_acc": final}]
+        run = {"preset": "cifar10-best", "seed": seed, "wall_s": 200.0 + seed, "startup_s": 5.0,
+               "final_val_acc": final, "best_val_acc": final, "peak_rss_mb": 900.0, "peak_tree_rss_mb": 900.0,
+               "curve": points, "time_to_target_s": {"85": 200.0}}
+        matmul = {"before": {"n": 2048, "gflops": rate}, "after": {"n": 2048, "gflops": rate}, "mean_gflops": rate}
+        doc = {"benchmark": "time_to_accuracy", "git": "abc", "host": {"cpu_model": "cpu", "torch_threads": 2},
+               "data": "d.tar.gz", "cold_cache": True, "targets_pct": [85.0], "matmul": matmul, "runs": [run]}
+        files.append(tmp_path / f"seed{seed}.json")
+        files[-1].write_text(json.dumps(doc))
+    out, png = tmp_path / "merged.json", tmp_path / "merged.png"
+    argv = ["--merge", *map(str, files), "--targets", "80", "89", "--json", str(out), "--png", str(png)]
+    assert tta.main(argv) == 0
+    merged = json.loads(out.read_text())
+    s = merged["summary"][0]
+    assert s["seeds"] == [0, 1] and s["final_val_acc_pct"]["mean"] == pytest.approx(89.0)
+    assert s["wall_s"]["mean"] == pytest.approx(200.5)
+    # Targets the runs were not started with are read off their curves: 80% after 200 s (seed 0) and
+    # 100 s (seed 1), 89% by seed 1 only.
+    assert s["time_to_target_s"]["80"]["reached"] == 2 and s["time_to_target_s"]["80"]["mean"] == pytest.approx(150)
+    assert s["time_to_target_s"]["89"]["reached"] == 1
+    assert [m["mean_gflops"] for m in merged["matmul"]] == [190.0, 210.0]
+    table = capsys.readouterr().out
+    assert "190.0 GFLOP/s before" in table and "210.0 GFLOP/s before" in table
+    assert png.stat().st_size > 1000
+    # The same seed twice is refused, and so is a file this script did not write.
+    with pytest.raises(SystemExit, match="seed 0 is in both"):
+        tta.main(["--merge", str(files[0]), str(files[0]), "--json", str(out), "--png", str(png)])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"benchmark": "throughput", "cases": []}))
+    with pytest.raises(SystemExit):
+        tta.main(["--merge", str(other), "--json", str(out), "--png", str(png)])
+    assert f"--merge {other}: not a time_to_accuracy.py result file" in capsys.readouterr().err
