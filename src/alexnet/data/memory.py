@@ -167,7 +167,7 @@ class BatchLoader:
                     dy, dx = crop_offsets(len(g), self.crop_padding, gen)
                 if self.flip:
                     flips = torch.rand(len(g), generator=gen) < 0.5
-                    if self.base_flips is not None:
+                    if self.base_flips is not None:  # the coins above are still drawn: crops stay the same
                         flips = self.base_flips[g] ^ (self.epoch % 2 == 1)
                 share = slice(self.rank, None, self.world_size)
                 b = g[share].to(self.images.device)

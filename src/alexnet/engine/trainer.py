@@ -241,8 +241,8 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
                                                       ui, epoch, info, ema, scaler)
         train_time = time.perf_counter() - start
         val_loss = val_acc = float("nan")
-        every = cfg.train.val_every
-        validated = val_loader is not None and (epoch + 1 == cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0))
+        every, last = cfg.train.val_every, epoch + 1 == cfg.train.epochs
+        validated = val_loader is not None and (last or (every > 0 and (epoch + 1) % every == 0))
         if validated:
             val_loss, val_acc = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg, dev, info)
         scheduler.epoch_end(val_acc)
@@ -254,10 +254,11 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
                               "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / train_time,
                               "seconds": seconds})
         # Without a validation split the latest epoch is the best one we can know of. An epoch skipped by
-        # --val-every only writes best.pt while no epoch has been validated yet, so best.pt always exists.
+        # --val-every has no score: it writes best.pt only while none has been scored, so best.pt always exists.
+        scored = validated or val_loader is None
         score = val_acc if val_loader is not None else float(state.epoch)
-        improved = score > state.best_val_acc if validated or val_loader is None else state.best_val_acc < 0
-        if improved and (validated or val_loader is None):
+        improved = score > state.best_val_acc if scored else state.best_val_acc < 0
+        if improved and scored:
             state.best_val_acc = score
         if info.is_main:
             save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True, ema,
