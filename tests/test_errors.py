@@ -56,6 +56,8 @@ def test_corrupt_and_truncated_images_are_named_and_counted(tmp_path):
     (["--model", "resnet"], "resnet"),
     (["--device", "tpu"], "--device"),
     (["--preset", "nope"], "--preset"),
+    (["--cutout", "-2"], "--cutout"),
+    (["--cutout", "8", "--loader", "stream"], "--cutout"),
 ])
 def test_flags_out_of_range(tiny_folder, tmp_path, flags, name):
     assert_one_line_error(run_cli("train", "--data", tiny_folder, "--out", tmp_path / "r", *FAST, *flags), name)

@@ -114,3 +114,31 @@ def test_alternate_flip_mirrors_each_image_in_every_other_epoch():
     e0, e1, e2 = flipped(0), flipped(1), flipped(2)
     assert all(e1[i] != e0[i] for i in e0) and e2 == e0  # mirrored every other epoch, same coin each time
     assert 16 < sum(e0.values()) < 48  # the first epoch's coins are fair
+
+
+def test_cutout_paints_one_mean_coloured_square_per_image_and_leaves_the_rest():
+    # Constant white images, no crop or flip: every pixel the loader changed is the cut-out square.
+    images = torch.full((64, 3, 16, 16), 255, dtype=torch.uint8)
+    norm = Normalizer([0.4, 0.5, 0.6], [0.25] * 3, 16, torch.device("cpu"))
+    loader = BatchLoader(images, torch.arange(64), 16, norm, train=True, cutout=6, seed=1)
+    white = norm(images[:1])[0]
+    painted = []
+    for x, _ in loader:
+        for xi in x:
+            hole = (xi != white).any(0)  # (h, w)
+            rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
+            # one axis-aligned block, at most 6x6 (smaller where it hangs over the border), all of it filled
+            assert len(rows) <= 6 and len(cols) <= 6
+            assert hole.sum() == len(rows) * len(cols)
+            assert xi[:, hole].abs().max() < 0.02  # the mean colour normalises to ~0
+            painted.append(int(hole.sum()))
+    assert max(painted) == 36 and min(painted) < 36 and len(set(painted)) > 3
+
+
+def test_cutout_off_keeps_the_batches_of_a_run_without_it():
+    images = torch.randint(0, 255, (100, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = Normalizer([0.5] * 3, [0.25] * 3, 8, torch.device("cpu"))
+    with_cut = BatchLoader(images, torch.arange(100), 16, norm, train=True, crop_padding=2, flip=True, cutout=3)
+    for (xa, ya), (xb, yb) in zip(make_loader(True), with_cut):
+        assert torch.equal(ya, yb)  # same order, crops and flips: the squares have their own random stream
+        assert not torch.equal(xa, xb) and (xa != xb).any(1).sum() <= 9 * len(xa)

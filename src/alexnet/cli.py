@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop-padding", type=int, help="random-crop translation in pixels (default 4; 0 = off)")
     t.add_argument("--flip-mode", choices=["random", "alternate"],
                    help="random: a coin per image per epoch; alternate: mirrored every other epoch")
+    t.add_argument("--cutout", type=int, help="paint a random square of this many pixels per side with the "
+                                              "mean colour (in-memory data; 0 = off)")
     t.add_argument("--val-every", type=int, help="validate every N epochs (the last always; 0 = last only)")
     t.add_argument("--tta-shift", type=int, help="test-time augmentation: also average copies moved by this "
                                                  "many pixels (0 = flips only)")
@@ -127,7 +129,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     picks = {
         "data": {"source": args.data, "image_size": args.image_size, "val_split": args.val_split,
                  "workers": args.workers, "loader": args.loader, "crop": args.crop, "resize": args.resize,
-                 "lighting": args.lighting, "crop_padding": args.crop_padding, "flip_mode": args.flip_mode},
+                 "lighting": args.lighting, "crop_padding": args.crop_padding, "flip_mode": args.flip_mode,
+                 "cutout": args.cutout},
         "model": {"name": args.model, "norm": args.norm, "groups": args.groups, "init": args.init,
                   "dropout": args.dropout, "widths": args.widths, "hidden": args.hidden,
                   "pool_first": args.pool_first},

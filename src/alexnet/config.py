@@ -18,6 +18,7 @@ class DataConfig:
     crop_padding: int = 4  # random-crop translation in stored pixels (0 = off)
     flip: bool = True  # random horizontal flip
     flip_mode: str = "random"  # random: a coin per image per epoch | alternate: per image, flipped every other epoch
+    cutout: int = 0  # in-memory training: paint a square of this side (stored pixels) with the mean colour; 0 = off
     workers: int = 0  # decode processes for image folders (0 = all cores; streaming: 2)
     loader: str = "auto"  # auto | memory | stream (auto streams folders of images larger than 64 px)
     crop: str = "random-resized"  # streamed training crop: random-resized | paper (resize, random crop)
@@ -197,6 +198,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (d.image_size is None or 8 <= d.image_size <= 1024, "--image-size must be between 8 and 1024"),
         (0 <= d.crop_padding <= 64, "--crop-padding must be between 0 and 64"),
         (d.flip_mode in ("random", "alternate"), "--flip-mode must be random or alternate"),
+        (0 <= d.cutout <= 64, "--cutout must be between 0 and 64 pixels (0 = off)"),
         (t.val_every >= 0, "--val-every must be >= 0 (0 = after the last epoch only)"),
         (0 <= t.tta_shift <= 8, "--tta-shift must be between 0 and 8 pixels"),
         (d.workers >= 0, "--workers must be >= 0"),

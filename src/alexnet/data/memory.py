@@ -89,6 +89,28 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Te
     return translate(x, *crop_offsets(x.shape[0], padding, gen), padding)
 
 
+def cutout_centres(n: int, height: int, width: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (cy, cx) inside an image, for n images: the centre of each image's cut-out square."""
+    return torch.randint(0, height, (n,), generator=gen), torch.randint(0, width, (n,), generator=gen)
+
+
+def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tensor:
+    """Paint a size x size square centred at (cy, cx) of each image with `fill` (DeVries & Taylor, 2017).
+
+    The square may hang over the border, so an image loses at most size*size pixels and sometimes fewer.
+    `fill` is the training mean colour, which normalises to zero.
+    """
+    h, w = x.shape[-2:]
+    top = cy.to(x.device)[:, None] - size // 2
+    left = cx.to(x.device)[:, None] - size // 2
+    rows = torch.arange(h, device=x.device)[None, :]
+    cols = torch.arange(w, device=x.device)[None, :]
+    in_rows = (rows >= top) & (rows < top + size)  # (n, h)
+    in_cols = (cols >= left) & (cols < left + size)  # (n, w)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (n, 1, h, w)
+    return torch.where(mask, fill.to(x.dtype), x)
+
+
 def mirror(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mirror left-right the images where `mask` is true."""
     return torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
@@ -123,11 +145,13 @@ class BatchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalizer,
                  *, train: bool, crop_padding: int = 0, flip: bool = False, flip_mode: str = "random",
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+                 cutout: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.images, self.labels = images, labels
         self.batch_size, self.normalize = batch_size, normalize
         self.train, self.crop_padding, self.flip, self.seed = train, crop_padding, flip, seed
         self.rank, self.world_size = rank, world_size
+        self.cutout = cutout
+        self.cutout_fill = normalize.mean.round().clamp(0, 255)  # the mean colour, in stored units
         self.epoch = 0
         # Alternating flip (airbench): each image gets a seeded coin once, then is mirrored in every other
         # epoch, so any two consecutive epochs show it both ways instead of by chance.
@@ -159,6 +183,8 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        # Cut-out squares have their own stream, so turning them on leaves every crop and flip as it was.
+        cut_gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7_777_777)
         for g in self._global_batches(gen):
             if self.train:
                 # Augmentation is drawn for the whole global batch and then sharded, so N ranks see
@@ -169,6 +195,8 @@ class BatchLoader:
                     flips = torch.rand(len(g), generator=gen) < 0.5
                     if self.base_flips is not None:  # the coins above are still drawn: crops stay the same
                         flips = self.base_flips[g] ^ (self.epoch % 2 == 1)
+                if self.cutout:
+                    cy, cx = cutout_centres(len(g), *self.images.shape[-2:], cut_gen)
                 share = slice(self.rank, None, self.world_size)
                 b = g[share].to(self.images.device)
                 x = self.images[b]
@@ -176,6 +204,8 @@ class BatchLoader:
                     x = translate(x, dy[share], dx[share], self.crop_padding)
                 if self.flip:
                     x = mirror(x, flips[share])
+                if self.cutout:
+                    x = cutout(x, cy[share], cx[share], self.cutout, self.cutout_fill)
             else:
                 b = g.to(self.images.device)
                 x = self.images[b]

@@ -126,6 +126,10 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
     if wants_streaming(cfg):
         from .lighting import LightingPCA, color_stats
 
+        if cfg.cutout:
+            raise AlexnetError(f"--cutout works on in-memory data only, and {cfg.source} is streamed; "
+                               "drop --cutout or pass --loader memory")
+
         files, classes = file_splits(cfg)
         paths, labels = files["train"]
         if spec is None:
@@ -151,7 +155,8 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
     normalize = Normalizer(list(spec.mean), list(spec.std), image_size, device, channels_last)
     train = BatchLoader(to_device_tensor(splits.train.images, device),
                         torch.from_numpy(splits.train.labels).to(device), batch_size, normalize, train=True,
-                        crop_padding=cfg.crop_padding, flip=cfg.flip, flip_mode=cfg.flip_mode, seed=seed,
+                        crop_padding=cfg.crop_padding, flip=cfg.flip, flip_mode=cfg.flip_mode, cutout=cfg.cutout,
+                        seed=seed,
                         **shard)
     val = None
     if splits.val is not None:
