@@ -236,10 +236,10 @@ def format_table(summary: list[dict], matmul: dict | list[dict], targets: list[f
         rows.append(line(cells))
     header = line([c[0] for c in cols])
     rule = "-" * len(header)
+    matmuls = matmul if isinstance(matmul, list) else [matmul]
     rates = "; ".join(f"{m['before']['gflops']:.1f} GFLOP/s before, {m['after']['gflops']:.1f} after, "
-                      f"mean {m['mean_gflops']:.1f}" for m in (matmul if isinstance(matmul, list) else [matmul]))
-    first = matmul[0] if isinstance(matmul, list) else matmul
-    notes = [f"fp32 matmul {first['before']['n']}^2: {rates}",
+                      f"mean {m['mean_gflops']:.1f}" for m in matmuls)
+    notes = [f"fp32 matmul {matmuls[0]['before']['n']}^2: {rates}",
              "wall: whole `alexnet train` process (start-up, data, epochs, checkpoints); val: last epoch's val "
              "accuracy; peak RSS: largest single process (time -v), tree: polled sum over the process tree; "
              "s to T%: mean seconds to the first epoch >= T% (runs that reached it / runs)"]

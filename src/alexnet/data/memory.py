@@ -108,7 +108,7 @@ def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int, fill:
     in_rows = (rows >= top) & (rows < top + size)  # (n, h)
     in_cols = (cols >= left) & (cols < left + size)  # (n, w)
     mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (n, 1, h, w)
-    return torch.where(mask, fill.to(x.dtype), x)
+    return torch.where(mask, fill, x)
 
 
 def mirror(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -151,7 +151,7 @@ class BatchLoader:
         self.train, self.crop_padding, self.flip, self.seed = train, crop_padding, flip, seed
         self.rank, self.world_size = rank, world_size
         self.cutout = cutout
-        self.cutout_fill = normalize.mean.round().clamp(0, 255)  # the mean colour, in stored units
+        self.cutout_fill = normalize.mean.round().clamp(0, 255).to(images.dtype)  # the mean colour, stored units
         self.epoch = 0
         # Alternating flip (airbench): each image gets a seeded coin once, then is mirrored in every other
         # epoch, so any two consecutive epochs show it both ways instead of by chance.

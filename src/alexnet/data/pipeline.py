@@ -156,8 +156,7 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
     train = BatchLoader(to_device_tensor(splits.train.images, device),
                         torch.from_numpy(splits.train.labels).to(device), batch_size, normalize, train=True,
                         crop_padding=cfg.crop_padding, flip=cfg.flip, flip_mode=cfg.flip_mode, cutout=cfg.cutout,
-                        seed=seed,
-                        **shard)
+                        seed=seed, **shard)
     val = None
     if splits.val is not None:
         v = splits.val
