@@ -58,6 +58,7 @@ def test_corrupt_and_truncated_images_are_named_and_counted(tmp_path):
     (["--preset", "nope"], "--preset"),
     (["--cutout", "-2"], "--cutout"),
     (["--cutout", "8", "--loader", "stream"], "--cutout"),
+    (["--pools", "1,7"], "--pools"),
 ])
 def test_flags_out_of_range(tiny_folder, tmp_path, flags, name):
     assert_one_line_error(run_cli("train", "--data", tiny_folder, "--out", tmp_path / "r", *FAST, *flags), name)

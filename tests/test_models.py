@@ -57,6 +57,10 @@ def test_option_the_model_does_not_have_raises_alexnet_error():
         ("alexnet-cifar", {"widths": (64, 128)}, "widths"),
         ("alexnet-cifar", {"hidden": -1}, "hidden"),
         ("alexnet-cifar", {"pool_first": "yes"}, "pool_first"),
+        ("alexnet-cifar", {"global_pool": 1}, "global_pool"),
+        ("alexnet-cifar", {"pools": (1, 6)}, "pools"),
+        ("alexnet-cifar", {"pools": (2, 2)}, "pools"),
+        ("alexnet-cifar", {"pools": (1, 2, 3, 4, 5), "image_size": 16}, "image_size"),
         ("alexnet-cifar", {"dropout": -0.1}, "dropout"),
         ("alexnet-cifar", {"image_size": 4}, "image_size"),
         ("alexnet-cifar", {"num_classes": 0}, "num_classes"),
@@ -232,3 +236,20 @@ def test_hidden_zero_is_a_single_fully_connected_layer():
     linears = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(16 * 4 * 4, 7)]
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_pools_choose_which_convolutions_halve_the_map_and_global_pool_leaves_one_value_per_channel():
+    kw = dict(num_classes=10, image_size=32, widths=(8, 8, 16, 16, 24), hidden=0, dropout=0.0)
+    model = create_model("alexnet-cifar", pools=(2, 3, 4), **kw)
+    names = [n for n, _ in model.features.named_children()]
+    assert [n for n in names if n.startswith("pool")] == ["pool2", "pool3", "pool4"]
+    assert layer(model, "classifier.fc8").in_features == 24 * 4 * 4  # 32 / 2**3
+    pooled = create_model("alexnet-cifar", pools=(2, 3, 4), global_pool=True, **kw)
+    assert layer(pooled, "classifier.fc8").in_features == 24
+    x = torch.randn(2, 3, 32, 32)
+    pooled.load_state_dict(model.state_dict() | {k: v for k, v in pooled.state_dict().items() if "fc8" in k})
+    pooled.eval(), model.eval()
+    # the global max equals the max over conv5's 4x4 map
+    conv5_map = model.features(x)
+    assert torch.equal(pooled.features(x).flatten(1), conv5_map.amax(dim=(2, 3)))
+    assert pooled(x).shape == (2, 10)

@@ -35,6 +35,17 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, help="alexnet-cifar hidden FC width (0 = no hidden FC layers)")
     p.add_argument("--pool-first", action=argparse.BooleanOptionalAction,
                    help="alexnet-cifar: max-pool before batch norm and ReLU (faster)")
+    p.add_argument("--pools", type=pools, metavar="I,J,...",
+                   help="alexnet-cifar: the convolutions followed by a 2x2 max-pool (default 1,2,5)")
+    p.add_argument("--global-pool", action=argparse.BooleanOptionalAction,
+                   help="alexnet-cifar: max-pool conv5's whole map before the classifier")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options given on the command line (None: not given)."""
+    return {"norm": args.norm, "groups": args.groups, "init": args.init, "widths": args.widths,
+            "hidden": args.hidden, "pool_first": args.pool_first, "pools": args.pools,
+            "global_pool": args.global_pool}
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -44,6 +55,16 @@ def widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if len(values) != 5 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected 5 positive widths (one per conv), got {text!r}")
+    return values
+
+
+def pools(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated conv numbers, got {text!r}") from None
+    if not values or min(values) < 1 or max(values) > 5 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct conv numbers between 1 and 5, got {text!r}")
     return values
 
 
@@ -131,9 +152,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                  "workers": args.workers, "loader": args.loader, "crop": args.crop, "resize": args.resize,
                  "lighting": args.lighting, "crop_padding": args.crop_padding, "flip_mode": args.flip_mode,
                  "cutout": args.cutout},
-        "model": {"name": args.model, "norm": args.norm, "groups": args.groups, "init": args.init,
-                  "dropout": args.dropout, "widths": args.widths, "hidden": args.hidden,
-                  "pool_first": args.pool_first},
+        "model": {"name": args.model, "dropout": args.dropout, **model_options(args)},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                   "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
                   "warmup_epochs": args.warmup_epochs, "schedule": args.schedule, "seed": args.seed, "device": args.device,
@@ -205,9 +224,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     name = args.model or "alexnet-cifar"
     size = args.image_size or default_image_size(name)
-    options = {k: v for k, v in {"norm": args.norm, "groups": args.groups, "init": args.init,
-                                 "widths": args.widths, "hidden": args.hidden,
-                                 "pool_first": args.pool_first}.items() if v is not None}
+    options = {k: v for k, v in model_options(args).items() if v is not None}
     model = create_model(name, num_classes=args.num_classes, image_size=size, **options)
     extra = "".join(f", {k}={v}" for k, v in options.items())
     print(format_summary(summarize(model, (3, size, size)),

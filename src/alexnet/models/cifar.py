@@ -22,11 +22,27 @@ from .paper import AlexNet, classifier
 from .registry import register_model
 
 NORMS = ("batchnorm", "none")
-_POOLED = (1, 2, 5)  # convolutions followed by a 2x2 max-pool, as conv1, conv2, conv5 in the paper
+PAPER_POOLS = (1, 2, 5)  # convolutions followed by a 2x2 max-pool, as conv1, conv2, conv5 in the paper
+
+
+def _check_pools(pools: Any, image_size: int) -> tuple[int, ...]:
+    if (
+        not isinstance(pools, (tuple, list))
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= 5 for i in pools)
+        or len(set(pools)) != len(pools)
+    ):
+        raise AlexnetError(f"alexnet-cifar option pools must name distinct convolutions 1..5 (e.g. 1,2,5); "
+                           f"got {pools!r}")
+    if image_size < 2 ** len(pools):
+        raise AlexnetError(
+            f"image_size {image_size} is too small for alexnet-cifar with {len(pools)} poolings: the feature "
+            f"map vanishes (minimum {2 ** len(pools)}; use a multiple of {2 ** len(pools)})"
+        )
+    return tuple(sorted(pools))
 
 
 def _check_options(widths: Any, hidden: Any, dropout: Any, norm: Any, pool_first: Any,
-                   image_size: int) -> tuple[int, ...]:
+                   global_pool: Any) -> tuple[int, ...]:
     if (
         not isinstance(widths, (tuple, list))
         or len(widths) != 5
@@ -36,26 +52,22 @@ def _check_options(widths: Any, hidden: Any, dropout: Any, norm: Any, pool_first
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
         raise AlexnetError(f"alexnet-cifar option hidden must be an integer >= 0 (0: no hidden FC layers); "
                            f"got {hidden!r}")
-    if not isinstance(pool_first, bool):
-        raise AlexnetError(f"alexnet-cifar option pool_first must be true or false; got {pool_first!r}")
+    for name, value in (("pool_first", pool_first), ("global_pool", global_pool)):
+        if not isinstance(value, bool):
+            raise AlexnetError(f"alexnet-cifar option {name} must be true or false; got {value!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise AlexnetError(f"alexnet-cifar option dropout must be a number in [0, 1); got {dropout!r}")
     if norm not in NORMS:
         raise AlexnetError(f"alexnet-cifar option norm must be one of {', '.join(NORMS)}; got {norm!r}")
-    if image_size < 2 ** len(_POOLED):
-        raise AlexnetError(
-            f"image_size {image_size} is too small for alexnet-cifar: the feature map vanishes "
-            f"(minimum {2 ** len(_POOLED)}; use a multiple of 8)"
-        )
     return tuple(widths)
 
 
-def _features(widths: tuple[int, ...], norm: str, pool_first: bool) -> nn.Sequential:
+def _features(widths: tuple[int, ...], norm: str, pool_first: bool, pools: tuple[int, ...]) -> nn.Sequential:
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     in_channels = 3
     for i, out_channels in enumerate(widths, start=1):
         batchnorm = norm == "batchnorm"
-        pooled = i in _POOLED
+        pooled = i in pools
         # A bias before BatchNorm is cancelled by its mean subtraction, so leave it out.
         layers[f"conv{i}"] = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batchnorm)
         if pooled and pool_first:
@@ -88,6 +100,8 @@ def alexnet_cifar(
     dropout: float = 0.5,
     norm: str = "batchnorm",
     pool_first: bool = False,
+    pools: tuple[int, ...] = PAPER_POOLS,
+    global_pool: bool = False,
 ) -> AlexNet:
     """AlexNet for small images (default 32x32); image_size should be a multiple of 8, >= 16.
 
@@ -99,12 +113,20 @@ def alexnet_cifar(
     monotone, so pooling first selects the same maxima whenever a channel's BN scale is positive, and
     the BN and ReLU passes (memory-bound on a CPU) see a quarter of the pixels: 12% more training
     images/s for the narrow CIFAR net on the 2-core box (benchmarks/NOTES.md).
+    pools: the convolutions followed by a 2x2 max-pool (the paper's 1, 2, 5; e.g. 2, 3, 4 keeps conv1 and
+    conv2 at full resolution). global_pool: max-pool conv5's whole remaining map to one value per channel
+    before the classifier (the fast CIFAR records' head: widths[-1] features instead of a flattened map).
     """
-    widths = _check_options(widths, hidden, dropout, norm, pool_first, image_size)
-    side = image_size // 2 ** len(_POOLED)  # each MaxPool2d(2) floors the side to half
+    widths = _check_options(widths, hidden, dropout, norm, pool_first, global_pool)
+    pools = _check_pools(pools, image_size)
+    features = _features(widths, norm, pool_first, pools)
+    side = image_size // 2 ** len(pools)  # each MaxPool2d(2) floors the side to half
+    if global_pool:
+        features.add_module("pool_global", nn.AdaptiveMaxPool2d(1))
+        side = 1
     in_features = widths[-1] * side * side
     return AlexNet(
-        _features(widths, norm, pool_first),
+        features,
         classifier(in_features, hidden, num_classes, dropout) if hidden else
         _linear_head(in_features, num_classes, dropout),
         image_size=image_size,
