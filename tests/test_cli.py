@@ -97,3 +97,18 @@ def test_info_prints_keras_style_summary_with_paper_parameter_counts():
     assert "62,378,344" in result.stdout and "Output shape" in result.stdout
     two = run_cli("info", "--model", "alexnet", "--num-classes", "1000", "--groups", "2")
     assert "60,965,224" in two.stdout
+
+
+def test_a_run_with_a_custom_pooling_layout_reloads_for_evaluation(tiny_folder, tmp_path):
+    # --pools and --global-pool are saved in the run's config and rebuilt by evaluate from the checkpoint.
+    run = tmp_path / "pooled"
+    flags = ["--widths", "8,8,16,16,16", "--hidden", "0", "--pools", "2,3,4", "--global-pool"]
+    result = run_cli("train", "--data", tiny_folder, "--out", run, "--epochs", "1", "--batch-size", "16",
+                     "--quiet", "--no-report", *flags, env={"ALEXNET_DATA": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    config = json.loads((run / "config.json").read_text())["config"]["model"]
+    assert config["pools"] == [2, 3, 4] and config["global_pool"] is True
+    evaluated = run_cli("evaluate", run / "best.pt", "--data", tiny_folder, "--json", tmp_path / "m.json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    info = run_cli("info", *flags)
+    assert "pool_global" in info.stdout and "pool1" not in info.stdout
