@@ -39,7 +39,7 @@ from matmul import matmul_gflops  # noqa: E402
 
 # name -> how to build it. `upsample_from`: the recipe trains on 32 px data resized on the device.
 CASES: dict[str, dict] = {
-    # The networks of the three CIFAR presets (src/alexnet/config.py), the full-width net with the paper's
+    # cifar10-best's network, the networks the three CIFAR presets had with the paper's pooling, the full-width net with the paper's
     # pooling layout (cifar10-best before it moved to pools 2, 3, 4), then the 227 px paper networks.
     "alexnet-cifar-best@32": {"model": "alexnet-cifar",
                               "options": {"widths": (64, 64, 256, 256, 256), "pools": (2, 3, 4), "global_pool": True,

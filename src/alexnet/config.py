@@ -109,15 +109,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"epochs": 5, "batch_size": 256, "lr": 0.2, "label_smoothing": 0.2, "whiten": True,
                   "val_every": 0, "report": False},
     },
-    # The default recipe of `alexnet train`: 32-64-128-128-128 with one FC layer for 12 epochs.
-    # Short runs want little augmentation: crops translate by 1 px (fast) or 2 px here, not 4.
-    # Peak lr 0.4 (0.2 gave 0.5 points less over 3 seeds; the 5-epoch fast preset gains nothing from 0.4).
+    # The default recipe of `alexnet train`: 32-32-128-128-128 in cifar10-best's layout (max-pools after conv2,
+    # conv3, conv4; conv5's map max-pooled whole) for 9 epochs, 6-view test-time augmentation: 86.36% in 256 s
+    # over 3 seeds, against 85.57% in 281 s for 32-64-128-128-128 with the paper's pooling for 12 epochs.
+    # Short runs want little augmentation: crops translate by 1 px (fast) or 2 px here, not 4. Peak lr 0.4.
     "cifar10": {
         "data": {"crop_padding": 2},
-        "model": {"name": "alexnet-cifar", "widths": (32, 64, 128, 128, 128), "hidden": 0, "dropout": 0.0,
-                  "pool_first": True},
-        "train": {"epochs": 12, "batch_size": 256, "lr": 0.4, "label_smoothing": 0.2, "whiten": True,
-                  "val_every": 0},
+        "model": {"name": "alexnet-cifar", "widths": (32, 32, 128, 128, 128), "pools": (2, 3, 4),
+                  "global_pool": True, "hidden": 0, "dropout": 0.0, "pool_first": True},
+        "train": {"epochs": 9, "batch_size": 256, "lr": 0.4, "label_smoothing": 0.2, "whiten": True,
+                  "val_every": 0, "tta_shift": 2},
     },
     # 64-64-256-256-256 with conv1 and conv2 at full resolution (max-pools after conv2, conv3, conv4), conv5's
     # map max-pooled whole into one FC layer (airbench's layout cut to five convolutions: 86.6% at 8 epochs
