@@ -39,8 +39,8 @@ from matmul import matmul_gflops  # noqa: E402
 
 # name -> how to build it. `upsample_from`: the recipe trains on 32 px data resized on the device.
 CASES: dict[str, dict] = {
-    # cifar10-best's network, the networks the three CIFAR presets had with the paper's pooling, the full-width net with the paper's
-    # pooling layout (cifar10-best before it moved to pools 2, 3, 4), then the 227 px paper networks.
+    # cifar10-best's network; the full-width, 32- and 16-wide nets with the paper's pooling (cifar10-best and
+    # cifar10 before they moved to pools 2, 3, 4; cifar10-fast); then the 227 px paper networks.
     "alexnet-cifar-best@32": {"model": "alexnet-cifar",
                               "options": {"widths": (64, 64, 256, 256, 256), "pools": (2, 3, 4), "global_pool": True,
                                           "hidden": 0, "dropout": 0.0, "pool_first": True},
