@@ -48,22 +48,23 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
             "global_pool": args.global_pool}
 
 
-def widths(text: str) -> tuple[int, ...]:
+def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(v) for v in text.split(","))
+        return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+
+def widths(text: str) -> tuple[int, ...]:
+    values = _ints(text, "integers")
     if len(values) != 5 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected 5 positive widths (one per conv), got {text!r}")
     return values
 
 
 def pools(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated conv numbers, got {text!r}") from None
-    if not values or min(values) < 1 or max(values) > 5 or len(set(values)) != len(values):
+    values = _ints(text, "conv numbers")
+    if min(values) < 1 or max(values) > 5 or len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"expected distinct conv numbers between 1 and 5, got {text!r}")
     return values
 
