@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from alexnet.engine.checkpoint import load_checkpoint
 from conftest import run_cli
 
 def test_train_writes_a_complete_run_folder(trained_run):
@@ -100,14 +102,23 @@ def test_info_prints_keras_style_summary_with_paper_parameter_counts():
 
 
 def test_a_run_with_a_custom_pooling_layout_reloads_for_evaluation(tiny_folder, tmp_path):
-    # --pools and --global-pool are saved in the run's config and rebuilt by evaluate from the checkpoint.
+    # --pools, --global-pool and --init are saved in the run's config and rebuilt by evaluate from the
+    # checkpoint; airbench's batch-norm settings leave every saved batch-norm scale at 1.
     run = tmp_path / "pooled"
     flags = ["--widths", "8,8,16,16,16", "--hidden", "0", "--pools", "2,3,4", "--global-pool"]
     result = run_cli("train", "--data", tiny_folder, "--out", run, "--epochs", "1", "--batch-size", "16",
-                     "--quiet", "--no-report", *flags, env={"ALEXNET_DATA": str(tmp_path / "cache")})
+                     "--quiet", "--no-report", *flags, "--init", "dirac", "--no-bn-scale", "--bn-bias-lr", "64",
+                     env={"ALEXNET_DATA": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr
-    config = json.loads((run / "config.json").read_text())["config"]["model"]
-    assert config["pools"] == [2, 3, 4] and config["global_pool"] is True
+    saved = json.loads((run / "config.json").read_text())["config"]
+    config = saved["model"]
+    assert config["pools"] == [2, 3, 4] and config["global_pool"] is True and config["init"] == "dirac"
+    assert saved["train"]["bn_scale"] is False and saved["train"]["bn_bias_lr"] == 64
+    weights = load_checkpoint(run / "best.pt")["model"]
+    scales = [v for k, v in weights.items() if k.startswith("features.bn") and k.endswith(".weight")]
+    biases = [v for k, v in weights.items() if k.startswith("features.bn") and k.endswith(".bias")]
+    assert len(scales) == 5 and all(torch.equal(s, torch.ones_like(s)) for s in scales)
+    assert any(b.abs().max() > 0 for b in biases)  # the biases did train
     evaluated = run_cli("evaluate", run / "best.pt", "--data", tiny_folder, "--json", tmp_path / "m.json")
     assert evaluated.returncode == 0, evaluated.stderr
     info = run_cli("info", *flags)

@@ -59,6 +59,7 @@ def test_corrupt_and_truncated_images_are_named_and_counted(tmp_path):
     (["--cutout", "-2"], "--cutout"),
     (["--cutout", "8", "--loader", "stream"], "--cutout"),
     (["--pools", "1,7"], "--pools"),
+    (["--bn-bias-lr", "0"], "--bn-bias-lr"),
 ])
 def test_flags_out_of_range(tiny_folder, tmp_path, flags, name):
     assert_one_line_error(run_cli("train", "--data", tiny_folder, "--out", tmp_path / "r", *FAST, *flags), name)

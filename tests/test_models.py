@@ -60,6 +60,7 @@ def test_option_the_model_does_not_have_raises_alexnet_error():
         ("alexnet-cifar", {"global_pool": 1}, "global_pool"),
         ("alexnet-cifar", {"pools": (1, 6)}, "pools"),
         ("alexnet-cifar", {"pools": (2, 2)}, "pools"),
+        ("alexnet-cifar", {"init": "paper"}, "init"),
         ("alexnet-cifar", {"pools": (1, 2, 3, 4, 5), "image_size": 16}, "image_size"),
         ("alexnet-cifar", {"dropout": -0.1}, "dropout"),
         ("alexnet-cifar", {"image_size": 4}, "image_size"),
@@ -253,3 +254,19 @@ def test_pools_choose_which_convolutions_halve_the_map_and_global_pool_leaves_on
     conv5_map = model.features(x)
     assert torch.equal(pooled.features(x).flatten(1), conv5_map.amax(dim=(2, 3)))
     assert pooled(x).shape == (2, 10)
+
+
+def test_dirac_init_makes_each_conv_pass_its_first_input_channels_through():
+    kw = dict(num_classes=10, image_size=32, widths=(8, 8, 16, 16, 16), hidden=0)
+    model = create_model("alexnet-cifar", init="dirac", **kw)
+    for name, c_in, c_out in [("conv2", 8, 8), ("conv3", 8, 16), ("conv4", 16, 16)]:
+        x = torch.randn(2, c_in, 8, 8)
+        with torch.no_grad():
+            y = layer(model, f"features.{name}")(x)
+        kept = min(c_in, c_out)
+        assert torch.allclose(y[:, :kept], x[:, :kept], atol=1e-6), name
+        if c_out > kept:  # the filters beyond the identity keep torch's random init
+            assert y[:, kept:].abs().max() > 1e-3, name
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(layer(create_model("alexnet-cifar", **kw), "features.conv2")(x), x, atol=1e-3)

@@ -29,7 +29,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model name (see `alexnet info`): alexnet | alexnet-cifar")
     p.add_argument("--norm", choices=["lrn", "batchnorm", "none"], help="normalisation layers")
     p.add_argument("--groups", type=int, choices=[1, 2], help="2 = the paper's two-tower connectivity")
-    p.add_argument("--init", choices=["paper", "default"], help="weight initialisation")
+    p.add_argument("--init", choices=["default", "paper", "dirac"],
+                   help="weight initialisation: paper (alexnet, Sec. 5) or dirac (alexnet-cifar, identity filters)")
     p.add_argument("--image-size", type=positive_int, help="model input side in pixels")
     p.add_argument("--widths", type=widths, metavar="W1,...,W5", help="alexnet-cifar conv widths, e.g. 32,64,128,128,128")
     p.add_argument("--hidden", type=int, help="alexnet-cifar hidden FC width (0 = no hidden FC layers)")
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "many pixels (0 = flips only)")
     t.add_argument("--ema", type=float, help="weight moving-average decay, e.g. 0.99 (0 = off)")
     t.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None, help="first conv from patch whitening")
+    t.add_argument("--bn-scale", action=argparse.BooleanOptionalAction, default=None,
+                   help="train batch-norm scales (--no-bn-scale freezes them at 1, as airbench does)")
+    t.add_argument("--bn-bias-lr", type=float, help="learning-rate multiplier for batch-norm biases (airbench: 64)")
     t.add_argument("--accum-steps", type=positive_int, help="gradient accumulation: micro-batches per step")
     t.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     t.add_argument("--val-split", type=float, help="fraction of the training split held out (default 0.1)")
@@ -160,7 +164,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                   "amp": args.amp, "compile": args.compile,
                   "accum_steps": args.accum_steps, "ema": args.ema, "tta_shift": args.tta_shift,
                   "val_every": args.val_every,
-                  "whiten": args.whiten, "sync_bn": args.sync_bn},
+                  "whiten": args.whiten, "sync_bn": args.sync_bn, "bn_scale": args.bn_scale,
+                  "bn_bias_lr": args.bn_bias_lr},
     }
     out = {section: {k: v for k, v in values.items() if v is not None} for section, values in picks.items()}
     if args.report is not None:

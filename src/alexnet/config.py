@@ -69,6 +69,8 @@ class TrainConfig:
     compile: bool = False
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and saved
     whiten: bool = False  # initialise the first conv from the whitening of training patches
+    bn_scale: bool = True  # train batch-norm scales; False freezes them at 1 (airbench)
+    bn_bias_lr: float = 1.0  # learning-rate multiplier for batch-norm biases (airbench: 64), decay divided by it
     accum_steps: int = 1  # gradient accumulation: micro-batches per optimiser step
     sync_bn: bool = False  # SyncBatchNorm across ranks (multi-process runs)
     report: bool = True  # write the HTML report at the end of training
@@ -194,6 +196,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.weight_decay >= 0, "--weight-decay must be >= 0"),
         (0 <= t.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
         (0 <= t.ema < 1, "--ema must be in [0, 1)"),
+        (t.bn_bias_lr > 0, "--bn-bias-lr must be > 0 (1 = the same rate as the weights)"),
         (t.accum_steps >= 1, "--accum-steps must be >= 1"),
         (t.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (t.schedule in ("linear", "cosine", "plateau"), "--schedule must be linear, cosine or plateau"),

@@ -10,18 +10,43 @@ from torch import nn
 from ..config import TrainConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay conv/linear weights only: decaying biases and norm scales only fights batch norm."""
+def norm_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+
+
+@torch.no_grad()
+def freeze_norm_scales(model: nn.Module) -> None:
+    """airbench's batch norm: every scale fixed at 1, only the bias learns (the next conv carries the scale)."""
+    for module in norm_layers(model):
+        module.weight.fill_(1.0)
+        module.weight.requires_grad_(False)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, bn_bias_lr: float = 1.0) -> list[dict]:
+    """Decay conv/linear weights only: decaying biases and norm scales only fights batch norm.
+
+    bn_bias_lr != 1 (airbench: 64) puts batch-norm biases in a group of their own whose learning rate is
+    multiplied by it ("lr_scale") and whose weight decay is divided by it, so that each step shrinks them
+    by the same fraction as the weights (lr x decay); at 1 they stay undecayed with the other biases.
+    """
+    norm_biases = [m.bias for m in norm_layers(model) if m.bias.requires_grad] if bn_bias_lr != 1.0 else []
+    special = {id(p) for p in norm_biases}
     decay, no_decay = [], []
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in special:
             (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+              {"params": norm_biases, "weight_decay": weight_decay / bn_bias_lr, "lr_scale": bn_bias_lr}]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
-                           nesterov=cfg.nesterov and cfg.momentum > 0)
+    if not cfg.bn_scale:
+        freeze_norm_scales(model)
+    groups = parameter_groups(model, cfg.weight_decay, cfg.bn_bias_lr)
+    for group in groups:
+        group["lr"] = cfg.lr * group.pop("lr_scale", 1.0)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import AlexnetError
@@ -22,6 +23,7 @@ from .paper import AlexNet, classifier
 from .registry import register_model
 
 NORMS = ("batchnorm", "none")
+INITS = ("default", "dirac")
 PAPER_POOLS = (1, 2, 5)  # convolutions followed by a 2x2 max-pool, as conv1, conv2, conv5 in the paper
 
 
@@ -42,7 +44,7 @@ def _check_pools(pools: Any, image_size: int) -> tuple[int, ...]:
 
 
 def _check_options(widths: Any, hidden: Any, dropout: Any, norm: Any, pool_first: Any,
-                   global_pool: Any) -> tuple[int, ...]:
+                   global_pool: Any, init: Any) -> tuple[int, ...]:
     if (
         not isinstance(widths, (tuple, list))
         or len(widths) != 5
@@ -59,7 +61,19 @@ def _check_options(widths: Any, hidden: Any, dropout: Any, norm: Any, pool_first
         raise AlexnetError(f"alexnet-cifar option dropout must be a number in [0, 1); got {dropout!r}")
     if norm not in NORMS:
         raise AlexnetError(f"alexnet-cifar option norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    if init not in INITS:
+        raise AlexnetError(f"alexnet-cifar option init must be one of {', '.join(INITS)}; got {init!r}")
     return tuple(widths)
+
+
+def _init_dirac(features: nn.Sequential) -> None:
+    """airbench's identity initialisation: in every conv, the first min(in, out) filters pass their input
+    channel through unchanged (a 3x3 kernel with a single 1 at the centre), the rest keep torch's init.
+    A plain stack then starts close to the identity map, as a residual net does, without a skip path."""
+    for module in features:
+        if isinstance(module, nn.Conv2d):
+            with torch.no_grad():
+                nn.init.dirac_(module.weight[: min(module.in_channels, module.out_channels)])
 
 
 def _features(widths: tuple[int, ...], norm: str, pool_first: bool, pools: tuple[int, ...]) -> nn.Sequential:
@@ -102,6 +116,7 @@ def alexnet_cifar(
     pool_first: bool = False,
     pools: tuple[int, ...] = PAPER_POOLS,
     global_pool: bool = False,
+    init: str = "default",
 ) -> AlexNet:
     """AlexNet for small images (default 32x32); image_size should be a multiple of 8, >= 16.
 
@@ -116,10 +131,13 @@ def alexnet_cifar(
     pools: the convolutions followed by a 2x2 max-pool (the paper's 1, 2, 5; e.g. 2, 3, 4 keeps conv1 and
     conv2 at full resolution). global_pool: max-pool conv5's whole remaining map to one value per channel
     before the classifier (the fast CIFAR records' head: widths[-1] features instead of a flattened map).
+    init: 'default' (torch's) or 'dirac' (identity filters first, see `_init_dirac`).
     """
-    widths = _check_options(widths, hidden, dropout, norm, pool_first, global_pool)
+    widths = _check_options(widths, hidden, dropout, norm, pool_first, global_pool, init)
     pools = _check_pools(pools, image_size)
     features = _features(widths, norm, pool_first, pools)
+    if init == "dirac":
+        _init_dirac(features)
     side = image_size // 2 ** len(pools)  # each MaxPool2d(2) floors the side to half
     if global_pool:
         features.add_module("pool_global", nn.AdaptiveMaxPool2d(1))
