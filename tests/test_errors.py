@@ -60,6 +60,13 @@ def test_corrupt_and_truncated_images_are_named_and_counted(tmp_path):
     (["--cutout", "8", "--loader", "stream"], "--cutout"),
     (["--pools", "1,7"], "--pools"),
     (["--bn-bias-lr", "0"], "--bn-bias-lr"),
+    (["--time-limit", "-5"], "--time-limit"),
+    (["--time-limit", "30", "--schedule", "plateau"], "--time-limit"),
+    (["--res-start", "16", "--no-global-pool"], "--global-pool"),
+    (["--res-start", "4", "--global-pool"], "--res-start"),
+    (["--res-start", "40", "--global-pool"], "--res-start 40"),
+    (["--res-start", "16", "--global-pool", "--res-ramp", "0"], "--res-ramp"),
+    (["--res-start", "16", "--global-pool", "--loader", "stream"], "--res-start"),
 ])
 def test_flags_out_of_range(tiny_folder, tmp_path, flags, name):
     assert_one_line_error(run_cli("train", "--data", tiny_folder, "--out", tmp_path / "r", *FAST, *flags), name)

@@ -34,11 +34,12 @@ def options_to_overrides(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def train(config: RunConfig | None = None, *, out: str | Path | None = None, preset: str | None = None,
           resume: str | Path | None = None, stop_after_epoch: int | None = None, progress: bool = True,
-          **options: Any) -> Path:
+          started_at: float | None = None, **options: Any) -> Path:
     """Train and return the run folder, e.g. `train(data="cifar10", epochs=3, out="runs/demo")`.
 
     `options` are any DataConfig/ModelConfig/TrainConfig field (`data` and `model` name the source and network).
-    With `resume=RUN` the run continues exactly; only `epochs` and `device` may change.
+    With `resume=RUN` the run continues exactly; only `epochs` and `device` may change. `started_at`
+    (time.time()) is when a `time_limit` starts counting: default now.
     """
     from .engine.trainer import train as run_training
 
@@ -54,7 +55,8 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
                                stop_after_epoch=stop_after_epoch, progress=progress)
         else:
             cfg = apply_overrides(config or preset_config(preset), options_to_overrides(options))
-            run = run_training(cfg, out, stop_after_epoch=stop_after_epoch, progress=progress)
+            run = run_training(cfg, out, stop_after_epoch=stop_after_epoch, progress=progress,
+                               started_at=started_at)
     except BaseException:
         teardown(synchronize=False)  # a failed rank must not wait at a barrier its peers may never reach
         raise

@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", type=int, help="validate every N epochs (the last always; 0 = last only)")
     t.add_argument("--tta-shift", type=int, help="test-time augmentation: also average copies moved by this "
                                                  "many pixels (0 = flips only)")
+    t.add_argument("--res-start", type=int, metavar="PX",
+                   help="progressive resizing: train the first epoch at PX px, growing to the input side (0 = off)")
+    t.add_argument("--res-ramp", type=float, metavar="F",
+                   help="progressive resizing: the fraction of training after which batches are full size (0.75)")
+    t.add_argument("--time-limit", type=float, metavar="S",
+                   help="finish the whole command within S seconds: the schedule follows the clock, --epochs is "
+                        "an upper bound (0 = none)")
     t.add_argument("--ema", type=float, help="weight moving-average decay, e.g. 0.99 (0 = off)")
     t.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None, help="first conv from patch whitening")
     t.add_argument("--bn-scale", action=argparse.BooleanOptionalAction, default=None,
@@ -162,7 +169,9 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                   "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
                   "warmup_epochs": args.warmup_epochs, "schedule": args.schedule, "seed": args.seed, "device": args.device,
                   "amp": args.amp, "compile": args.compile,
-                  "accum_steps": args.accum_steps, "ema": args.ema, "tta_shift": args.tta_shift,
+                  "accum_steps": args.accum_steps, "ema": args.ema,
+                  "res_start": args.res_start, "res_ramp": args.res_ramp,
+                  "time_limit": args.time_limit, "tta_shift": args.tta_shift,
                   "val_every": args.val_every,
                   "whiten": args.whiten, "sync_bn": args.sync_bn, "bn_scale": args.bn_scale,
                   "bn_bias_lr": args.bn_bias_lr},
@@ -182,7 +191,11 @@ def cmd_train(args: argparse.Namespace) -> None:
                     stop_after_epoch=args.stop_after_epoch, progress=not args.quiet)
     else:
         cfg = apply_overrides(preset_config(args.preset), train_overrides(args))
-        run = train(cfg, out=args.out, stop_after_epoch=args.stop_after_epoch, progress=not args.quiet)
+        # --time-limit counts from the start of the process: interpreter start-up and imports included.
+        import psutil
+
+        run = train(cfg, out=args.out, stop_after_epoch=args.stop_after_epoch, progress=not args.quiet,
+                    started_at=psutil.Process().create_time())
     print(f"run folder: {run}")
     if not (run / "report" / "report.html").exists() and not args.quiet:
         print(f"no HTML report written; `alexnet report {run}` writes it")

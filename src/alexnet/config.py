@@ -67,6 +67,9 @@ class TrainConfig:
     channels_last: bool = True
     amp: str = "auto"  # auto (CUDA: bf16, or fp16 + GradScaler without bf16; CPU: off) | bf16 | fp16 | off
     compile: bool = False
+    res_start: int = 0  # progressive resizing: training side (px) of the first epoch; 0 = the input side throughout
+    res_ramp: float = 0.75  # progressive resizing: the side reaches the input side after this fraction of training
+    time_limit: float = 0.0  # seconds for the whole command (0 = none): schedule by the clock, epochs an upper bound
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and saved
     whiten: bool = False  # initialise the first conv from the whitening of training patches
     bn_scale: bool = True  # train batch-norm scales; False freezes them at 1 (airbench)
@@ -208,6 +211,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0 <= d.crop_padding <= 64, "--crop-padding must be between 0 and 64"),
         (d.flip_mode in ("random", "alternate"), "--flip-mode must be random or alternate"),
         (0 <= d.cutout <= 64, "--cutout must be between 0 and 64 pixels (0 = off)"),
+        (t.res_start == 0 or t.res_start >= 8, "--res-start must be >= 8 px (0 = off)"),
+        (0 < t.res_ramp <= 1, "--res-ramp must be in (0, 1]: the fraction of training that grows the side"),
+        (t.time_limit >= 0, "--time-limit must be >= 0 seconds (0 = none)"),
+        (t.time_limit == 0 or t.schedule != "plateau",
+         "--time-limit needs a linear or cosine --schedule (plateau follows validation, not the clock)"),
+        (t.res_start == 0 or (cfg.model.name == "alexnet-cifar" and cfg.model.global_pool is True),
+         "--res-start needs a head that takes any input side: use --model alexnet-cifar --global-pool"),
         (t.val_every >= 0, "--val-every must be >= 0 (0 = after the last epoch only)"),
         (0 <= t.tta_shift <= 8, "--tta-shift must be between 0 and 8 pixels"),
         (d.workers >= 0, "--workers must be >= 0"),

@@ -131,12 +131,15 @@ class Normalizer:
         self.image_size = image_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """size: the side to bring the batch to (default: the model's input side)."""
+        shrink = size is not None and size < self.image_size
+        size = size or self.image_size
         x = (x.float() - self.mean) * self.inv_std
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            # The notebook recipe's upsampling, done per batch on the training device.
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            # Upsampling (the notebook recipe), or a progressive-resizing shrink below the input side,
+            # per batch on the device; the shrink averages (antialias) rather than skipping pixels.
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
         return x.contiguous(memory_format=self.memory_format)
 
 
@@ -153,6 +156,7 @@ class BatchLoader:
         self.cutout = cutout
         self.cutout_fill = normalize.mean.round().clamp(0, 255).to(images.dtype)  # the mean colour, stored units
         self.epoch = 0
+        self.size: int | None = None  # training side this epoch (progressive resizing); None = input side
         # Alternating flip (airbench): each image gets a seeded coin once, then is mirrored in every other
         # epoch, so any two consecutive epochs show it both ways instead of by chance.
         self.alternate = flip_mode == "alternate"
@@ -162,6 +166,10 @@ class BatchLoader:
     def set_epoch(self, epoch: int) -> None:
         """Order and augmentation depend only on (seed, epoch): a resumed run sees the same batches."""
         self.epoch = epoch
+
+    def set_size(self, size: int | None) -> None:
+        """Bring training batches to `size` px from now on (None: the model's input side)."""
+        self.size = size
 
     def _global_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
         n = len(self.labels)
@@ -209,7 +217,7 @@ class BatchLoader:
             else:
                 b = g.to(self.images.device)
                 x = self.images[b]
-            yield self.normalize(x), self.labels[b]
+            yield self.normalize(x, self.size if self.train else None), self.labels[b]
 
 
 def prefetch(batches: Iterator, depth: int = 2) -> Iterator:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
 
 from ..config import TrainConfig
+from .budget import TimeBudget
 
 
 def norm_layers(model: nn.Module) -> list[nn.Module]:
@@ -49,12 +51,15 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Multiplier of the peak rate at `step`: linear warm-up from ~0, then linear or cosine decay to 0."""
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, time_fraction: float = 0.0) -> float:
+    """Multiplier of the peak rate at `step`: linear warm-up from ~0, then linear or cosine decay to 0.
+
+    time_fraction: with a time limit, the share of the post-warm-up time already spent; the decay follows
+    whichever of steps and time is further along, so it reaches 0 when either runs out."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    progress = min(progress, 1.0)
+    progress = min(max(progress, time_fraction), 1.0)
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     return 1.0 - progress
@@ -63,22 +68,30 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 class Schedule:
     """The learning-rate schedule: per-step warm-up + decay, or the paper's divide-by-10 on a plateau."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
+                 budget: TimeBudget | None = None):
         self.plateau = cfg.schedule == "plateau"
+        self.budget = budget if budget is not None and budget.enabled else None
         if self.plateau:
             # The 2012 paper: divide the rate by 10 when the validation error stops improving.
             self.inner = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=0.1, patience=cfg.plateau_patience)
         else:
             total = cfg.epochs * steps_per_epoch
-            warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+            self.warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
             self.inner = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule))
+                optimizer, lambda step: lr_factor(step, total, self.warmup, cfg.schedule, self.time_fraction()))
+
+    def time_fraction(self) -> float:
+        return self.budget.decay_fraction() if self.budget is not None else 0.0
 
     def step(self) -> None:
         """After every optimiser step."""
-        if not self.plateau:
-            self.inner.step()
+        if self.plateau:
+            return
+        if self.budget is not None and self.budget.decay_started is None and self.inner.last_epoch + 1 >= self.warmup:
+            self.budget.decay_started = time.time()  # the clock-driven decay starts when the warm-up ends
+        self.inner.step()
 
     def epoch_end(self, val_acc: float) -> None:
         if self.plateau and val_acc == val_acc:  # NaN (no validation split) never counts as a plateau
@@ -91,5 +104,6 @@ class Schedule:
         self.inner.load_state_dict(state)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
-    return Schedule(optimizer, cfg, steps_per_epoch)
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
+                    budget: TimeBudget | None = None) -> Schedule:
+    return Schedule(optimizer, cfg, steps_per_epoch, budget)

@@ -20,6 +20,7 @@ from ..data.memory import BatchLoader, prefetch
 from ..data.pipeline import InputSpec, build_training
 from ..errors import AlexnetError
 from ..models import create_model, default_image_size
+from .budget import TimeBudget
 from .checkpoint import (atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
                          write_json)
 from . import distributed
@@ -28,6 +29,7 @@ from .ema import EMA
 from .evaluation import collect_logits, loss_and_accuracy
 from .optim import build_optimizer, build_scheduler
 from .progress import EpochProgress
+from .resolution import epoch_side
 from .whitening import whiten_first_conv
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds"]
@@ -83,8 +85,11 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
 def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
                     scheduler: Any, cfg: RunConfig, device: torch.device, progress: EpochProgress,
                     epoch: int, info: distributed.Dist, ema: EMA | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> tuple[float, float, int]:
-    """One pass over the training split; returns (mean loss, accuracy, images seen), reduced over ranks."""
+                    scaler: torch.amp.GradScaler | None = None, budget: TimeBudget | None = None,
+                    cost_scale: float = 1.0) -> tuple[float, float, int]:
+    """One pass over the training split; returns (mean loss, accuracy, images seen), reduced over ranks.
+
+    With a time `budget`, the pass ends early once the time left is what the end of the run needs."""
     model.train()
     loader.set_epoch(epoch)
     scaler = scaler or grad_scaler(device, "off")
@@ -92,7 +97,7 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0
-    start = time.perf_counter()
+    start = last = time.perf_counter()
     progress.start(f"epoch {epoch + 1}/{cfg.train.epochs}", len(loader))
     try:
         for step, (x, y) in enumerate(prefetch(iter(loader))):
@@ -122,6 +127,12 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
             if step % 5 == 0 or step + 1 == len(loader):
                 rate = seen * info.world_size / (time.perf_counter() - start)
                 progress.update(step + 1, loss_sum.item() / seen, correct.item() / seen, rate)
+            if budget is not None and budget.enabled:
+                now = time.perf_counter()
+                budget.observe_step(now - last, len(y), cost_scale)
+                last = now
+                if budget.spent():
+                    break
     finally:
         progress.stop()
     totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
@@ -164,17 +175,22 @@ def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: Tr
 
 def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str | Path | None = None,
           epochs: int | None = None, device: str | None = None, stop_after_epoch: int | None = None,
-          progress: bool = True) -> Path:
+          progress: bool = True, started_at: float | None = None) -> Path:
     """Train `cfg` into a run folder (or continue the run in `resume`) and return the folder.
 
-    Under torchrun every rank calls this; rank 0 alone prints and writes files.
+    Under torchrun every rank calls this; rank 0 alone prints and writes files. `started_at` (time.time())
+    is when the command began, for --time-limit (default: now).
     """
+    started_at = time.time() if started_at is None else started_at
     state = TrainState()
     ckpt = None
     if resume is not None:
         out = Path(resume)
         ckpt = load_checkpoint(out / "last.pt")
         cfg = RunConfig.from_dict(ckpt["config"])
+        if cfg.train.time_limit:
+            raise AlexnetError(f"the run in {out} trained under --time-limit {cfg.train.time_limit:g}: its schedule "
+                               "follows the clock of its own command and cannot be continued; start a new run")
         state = TrainState(ckpt["epoch"], ckpt["history"], ckpt["best_val_acc"], ckpt["train_seconds"])
     assert cfg is not None
     # Flags that may change on resume: more epochs, another device.
@@ -186,6 +202,9 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     info, dev = distributed.setup(resolve_device(cfg.train.device))
     if dev.type == "cpu":
         tune_cpu_allocator()
+    if cfg.train.time_limit and info.enabled:
+        raise AlexnetError("--time-limit runs in one process (ranks' clocks would give them different learning "
+                           "rates); drop --time-limit under torchrun")
     micro_batch = distributed.check_batch(cfg.train.batch_size, info.world_size, cfg.train.accum_steps)
     out = Path(out) if out is not None else new_run_dir(cfg)
     if info.is_main:
@@ -207,8 +226,12 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
 
     model = build_model(cfg, len(data.classes), image_size, dev)
     train_loader, val_loader = data.train, data.val.loader if data.val else None
+    check_progressive(cfg, train_loader, image_size)
     optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, len(train_loader))
+    views = (6 if cfg.train.tta_shift else 2) if cfg.train.tta else 1
+    budget = TimeBudget(cfg.train.time_limit, started_at, val_images=num_val, views=views,
+                        report=cfg.train.report and info.is_main)
+    scheduler = build_scheduler(optimizer, cfg.train, len(train_loader), budget)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -237,11 +260,17 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     last_epoch = cfg.train.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.train.epochs)
     for epoch in range(state.epoch, last_epoch):
         start = time.perf_counter()
+        done = max(epoch / cfg.train.epochs, budget.run_fraction())  # by epochs or by the clock
+        side = epoch_side(done, image_size, cfg.train.res_start, cfg.train.res_ramp)
+        if cfg.train.res_start:
+            train_loader.set_size(side)
         train_loss, train_acc, seen = train_one_epoch(run_model, train_loader, optimizer, scheduler, cfg, dev,
-                                                      ui, epoch, info, ema, scaler)
+                                                      ui, epoch, info, ema, scaler, budget,
+                                                      (image_size / side) ** 2)
         train_time = time.perf_counter() - start
         val_loss = val_acc = float("nan")
-        every, last = cfg.train.val_every, epoch + 1 == cfg.train.epochs
+        out_of_time = budget.spent()
+        every, last = cfg.train.val_every, epoch + 1 == cfg.train.epochs or out_of_time
         validated = val_loader is not None and (last or (every > 0 and (epoch + 1) % every == 0))
         if validated:
             val_loss, val_acc = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg, dev, info)
@@ -270,13 +299,29 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         val_text = f"val loss {val_loss:.3f} acc {val_acc * 100:.2f}%" if validated else "no val"
         ui.print(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  train loss {train_loss:.3f} acc {train_acc * 100:.2f}%"
                  f"  {val_text}  lr {optimizer.param_groups[0]['lr']:.4g}  {seen / train_time:,.0f} img/s"
-                 f"  {seconds:.1f}s{'  *best' if improved and validated else ''}")
+                 f"  {seconds:.1f}s{f'  at {side}px' if side != image_size else ''}"
+                 f"{'  *best' if improved and validated else ''}"
+                 f"{f'  (--time-limit {cfg.train.time_limit:g}s reached)' if out_of_time else ''}")
+        if out_of_time:
+            break
     if info.enabled:
         prints = distributed.weight_fingerprints(model, info)
         if info.is_main:
             write_json(out / "distributed.json", {"world_size": info.world_size, "weight_fingerprints": prints,
                                                   "replicas_identical": all(p == prints[0] for p in prints)})
     return out
+
+
+def check_progressive(cfg: RunConfig, loader: Any, image_size: int) -> None:
+    """Progressive resizing shrinks in-memory batches, and only below the model's input side."""
+    start = cfg.train.res_start
+    if not start:
+        return
+    if not isinstance(loader, BatchLoader):
+        raise AlexnetError(f"--res-start works on in-memory data only, and {cfg.data.source} is streamed; "
+                           "drop --res-start or pass --loader memory")
+    if start >= image_size:
+        raise AlexnetError(f"--res-start {start} must be below the input side {image_size} px")
 
 
 def wrap_model(model: nn.Module, cfg: RunConfig, info: distributed.Dist, device: torch.device) -> nn.Module:

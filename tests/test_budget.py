@@ -1,0 +1,99 @@
+"""--time-limit (a schedule that follows the clock) and progressive resizing (--res-start)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+import alexnet
+from alexnet.config import TrainConfig
+from alexnet.data.memory import BatchLoader, Normalizer
+from alexnet.engine.budget import RESERVE_FIXED_S, TimeBudget
+from alexnet.engine.checkpoint import load_checkpoint
+from alexnet.engine.optim import build_optimizer, build_scheduler, lr_factor
+from alexnet.engine.resolution import epoch_side
+from alexnet.errors import AlexnetError
+
+OPTIONS = dict(batch_size=16, lr=0.05, device="cpu", report=False, progress=False)
+
+
+def test_decay_follows_whichever_of_steps_and_clock_is_further_along():
+    assert lr_factor(50, 100, 10, "linear") == pytest.approx(1 - 40 / 90)
+    assert lr_factor(50, 100, 10, "linear", time_fraction=0.75) == pytest.approx(0.25)
+    assert lr_factor(50, 100, 10, "linear", time_fraction=0.1) == pytest.approx(1 - 40 / 90)
+    assert lr_factor(50, 100, 10, "linear", time_fraction=1.0) == 0.0
+    assert lr_factor(5, 100, 10, "linear", time_fraction=0.9) == pytest.approx(0.6)  # warm-up is by steps
+
+
+def test_budget_fraction_and_reserve():
+    now = time.time()
+    budget = TimeBudget(limit=100, started=now - 50)
+    assert budget.enabled and not budget.spent()
+    assert budget.fraction(now - 50, now=now) == pytest.approx(50 / (100 - RESERVE_FIXED_S))
+    budget.val_images, budget.views = 3000, 2
+    budget.observe_step(seconds=1.0, images=100)  # 10 ms an image: 6,000 evaluated views ~10 s, with margins ~15
+    assert 10 < budget.reserve < 20
+    assert budget.spent() is False and TimeBudget(limit=10, started=now - 20).spent()
+    assert not TimeBudget(limit=0, started=now - 1e6).spent() and TimeBudget(0, now).fraction(now - 5) == 0.0
+
+
+def test_scheduler_under_a_spent_budget_drops_the_rate_to_zero_after_warm_up():
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(lr=0.1, epochs=100, warmup_epochs=1.0)
+    opt = build_optimizer(model, cfg)
+    budget = TimeBudget(limit=10, started=time.time())
+    sched = build_scheduler(opt, cfg, steps_per_epoch=4, budget=budget)
+    for _ in range(4):  # the warm-up's 4 steps, then the first decay step starts the clock
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1, rel=1e-3) and budget.decay_started is not None
+    budget.started -= 100  # the clock has run out
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0
+
+
+def test_progressive_side_grows_in_whole_steps_to_the_input_side():
+    sides = [epoch_side(e / 5, 32, 16, 0.6) for e in range(5)]
+    assert sides == [16, 16, 24, 32, 32]
+    assert epoch_side(0.0, 32, 0, 0.75) == 32  # off
+    assert all(s % 8 == 0 and 16 <= s <= 32 for s in (epoch_side(d / 100, 32, 16, 0.75) for d in range(101)))
+
+
+def test_a_smaller_side_shrinks_training_batches_only():
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    norm = Normalizer([0.5] * 3, [0.25] * 3, 32, torch.device("cpu"))
+    train = BatchLoader(images, torch.arange(8), 4, norm, train=True, crop_padding=2, flip=True)
+    train.set_size(16)
+    x, _ = next(iter(train))
+    assert x.shape == (4, 3, 16, 16)
+    val = BatchLoader(images, torch.arange(8), 4, norm, train=False)
+    val.set_size(16)
+    assert next(iter(val))[0].shape == (4, 3, 32, 32)
+    # the shrink averages 2x2 blocks: a flat image stays flat at its normalised value
+    flat = torch.full((2, 3, 32, 32), 200, dtype=torch.uint8)
+    assert torch.allclose(norm(flat, 16), torch.full((2, 3, 16, 16), (200 / 255 - 0.5) / 0.25), atol=1e-5)
+
+
+def test_time_limit_ends_a_run_early_with_a_validated_best_checkpoint(tiny_folder, tmp_path):
+    run = alexnet.train(data=str(tiny_folder / "train"), out=tmp_path / "r", epochs=1000, time_limit=12,
+                        **OPTIONS)
+    history = json.loads((run / "history.json").read_text())
+    assert 1 <= len(history) < 1000
+    assert history[-1]["val_acc"] is not None and history[-1]["lr"] < 0.05 * 0.01  # decayed to ~0 by the clock
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == len(history)
+    with pytest.raises(AlexnetError, match="time-limit"):
+        alexnet.train(resume=run, progress=False)
+
+
+def test_progressive_resizing_trains_small_then_validates_at_full_size(tiny_folder, tmp_path):
+    run = alexnet.train(data=str(tiny_folder / "train"), out=tmp_path / "r", epochs=4, res_start=16, res_ramp=0.5,
+                        global_pool=True, **OPTIONS)
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 4 and history[-1]["val_acc"] is not None
+    cfg = json.loads((run / "config.json").read_text())["config"]["train"]
+    assert cfg["res_start"] == 16 and cfg["res_ramp"] == 0.5
