@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from alexnet.cli import build_parser, train_overrides
@@ -16,7 +18,16 @@ def resolve(*argv: str) -> RunConfig:
 
 def test_the_default_recipe_is_the_cifar10_preset():
     assert resolve().to_dict()["model"] == resolve("--preset", "cifar10").to_dict()["model"]
-    assert resolve().train == resolve("--preset", "cifar10").train
+    assert resolve().train == replace(resolve("--preset", "cifar10").train, time_limit=0.0)
+
+
+def test_naming_a_speed_preset_sets_its_time_limit_and_explicit_epochs_drop_it():
+    assert resolve("--preset", "cifar10-fast").train.time_limit == 58
+    assert resolve("--preset", "cifar10").train.time_limit == 295
+    assert resolve().train.time_limit == 0  # the default recipe runs its epochs
+    assert resolve("--preset", "cifar10-fast", "--epochs", "8").train.time_limit == 0
+    assert resolve("--preset", "cifar10-fast", "--epochs", "8", "--time-limit", "90").train.time_limit == 90
+    assert resolve("--preset", "cifar10-fast", "--widths", "8,16,32,32,32").train.time_limit == 58
 
 
 def test_flags_override_the_preset_and_leave_the_rest():
