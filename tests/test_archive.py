@@ -74,3 +74,26 @@ def test_image_archive_with_parent_path_is_refused(tmp_path):
     with pytest.raises(AlexnetError, match="outside"):
         load_splits(str(tar_path), 0.1, 0, cache_dir=str(tmp_path / "cache"))
     assert not (tmp_path / "escape.png").exists()
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.98], ids=["half", "last-bytes"])
+def test_truncated_archive_is_one_error_naming_it(tmp_path, cut):
+    tar_path = pack(write_class_folder(tmp_path / "train", 6), tmp_path / "images.tar.gz")
+    data = tar_path.read_bytes()
+    tar_path.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(AlexnetError, match="images.tar.gz"):
+        load_splits(str(tar_path), 0.0, 0, cache_dir=str(tmp_path / "cache"))
+
+
+def test_plain_and_streamed_archives_read_the_same(tmp_path, monkeypatch):
+    from alexnet.data import archive
+
+    folder = write_class_folder(tmp_path / "train", 6)
+    gz = pack(folder, tmp_path / "images.tar.gz")
+    plain = tmp_path / "images.tar"
+    with tarfile.open(plain, "w") as tar:
+        tar.add(folder, arcname="train")
+    whole = archive.read_members(gz)
+    assert archive.read_members(plain) == whole
+    monkeypatch.setattr(archive, "WHOLE_READ_MAX_BYTES", 0)  # big archives are walked as a stream
+    assert archive.read_members(gz) == whole and len(whole) == 18

@@ -10,20 +10,23 @@ start reads one .npz and never opens the tarball.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import tarfile
 import tempfile
 import zipfile
-from pathlib import Path, PurePosixPath
+import zlib
+from pathlib import Path
 
 import numpy as np
 import PIL
 
 from ..errors import AlexnetError
 from .cifar10 import FOLDER as CIFAR_FOLDER
-from .cifar10 import _member_name
+from .cifar10 import _member_name, member_parts
 from .folder import _IGNORED_NAMES, IMAGE_EXTENSIONS, decode_images
 
 _CACHE_FORMAT = 2
@@ -45,19 +48,39 @@ def archive_key(tar_path: Path, size: int | None = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# Archives up to this size are read and decompressed whole, then walked in memory: 1.45 s instead of
+# 2.3 s for the 50,000-JPEG CIFAR-10 copy (a gzip stream walked member by member seeks and re-reads).
+WHOLE_READ_MAX_BYTES = 1 << 30
+
+
+def _open_archive(tar_path: Path) -> tuple[tarfile.TarFile, bytes | None]:
+    """The archive opened for reading, and its uncompressed bytes when they were read whole."""
+    if tar_path.stat().st_size <= WHOLE_READ_MAX_BYTES:
+        data = tar_path.read_bytes()
+        if data[:2] == b"\x1f\x8b":  # gzip magic; other compressions are left to tarfile
+            data = gzip.decompress(data)
+            return tarfile.open(fileobj=io.BytesIO(data), mode="r:"), data
+        return tarfile.open(fileobj=io.BytesIO(data), mode="r:*"), None
+    return tarfile.open(tar_path, "r:*"), None
+
+
 def read_members(tar_path: Path) -> dict[str, bytes]:
     """{checked relative name: bytes} of the visible image files in the archive."""
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(tar_path, "r:*") as tar:
+        tar, whole = _open_archive(tar_path)
+        with tar:
             for member in tar:
                 name = _member_name(member, tar_path)  # refuses escapes, links and devices
-                parts = PurePosixPath(name).parts
-                if (member.isfile() and PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+                parts = member_parts(name)
+                if (member.isfile() and parts and os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS
                         and all(not p.startswith(".") and p not in _IGNORED_NAMES for p in parts)):
-                    handle = tar.extractfile(member)
-                    found[name] = handle.read() if handle is not None else b""
-    except (tarfile.TarError, OSError, EOFError) as e:
+                    if whole is not None and not member.issparse():  # a slice of the bytes in memory
+                        found[name] = whole[member.offset_data:member.offset_data + member.size]
+                    else:
+                        handle = tar.extractfile(member)
+                        found[name] = handle.read() if handle is not None else b""
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise AlexnetError(f"cannot read --data {tar_path} ({e}); check the archive") from None
     return found
 
@@ -65,17 +88,18 @@ def read_members(tar_path: Path) -> dict[str, bytes]:
 def layout(names: list[str], tar_path: Path) -> tuple[list[str], dict[str, tuple[list[str], list[int]]]]:
     """(classes, {split: (member names, labels)}) by the rules of an image folder."""
     where = f"--data {tar_path}"
-    tops = {PurePosixPath(n).parts[0] for n in names if len(PurePosixPath(n).parts) >= 3}
+    split_parts = {n: member_parts(n) for n in names}
+    tops = {p[0] for p in split_parts.values() if len(p) >= 3}
     split_layout = "train" in tops
     rename = {}
-    if not split_layout and tops and tops <= {"test", "val"} and all(len(PurePosixPath(n).parts) >= 3 for n in names):
+    if not split_layout and tops and tops <= {"test", "val"} and all(len(p) >= 3 for p in split_parts.values()):
         held = "test" if "test" in tops else "val"  # a held-out split packed alone: it is the data
-        names = [n for n in names if PurePosixPath(n).parts[0] == held]
+        names = [n for n in names if split_parts[n][0] == held]
         rename = {held: "train"}
         split_layout = True
     by_split: dict[str, dict[str, list[str]]] = {}
     for name in names:
-        parts = PurePosixPath(name).parts
+        parts = split_parts[name]
         if split_layout:
             if len(parts) < 3 or parts[0] not in ("train", "val", "test"):
                 continue

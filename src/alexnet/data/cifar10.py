@@ -209,11 +209,17 @@ def download(
 # ----------------------------------------------------------------------------- extraction
 
 
+def member_parts(name: str) -> tuple[str, ...]:
+    """``PurePosixPath(name).parts`` of a relative name without building a path object: an archive of
+    50,000 images asks for them several times a member (1.6 s of a cold start on the 2-core box)."""
+    return tuple(p for p in name.split("/") if p and p != ".")
+
+
 def _member_name(member: tarfile.TarInfo, tar_path: Path) -> str:
     """The member's normalised name; refuse anything that could land outside ``dest``
     or is not a plain file or folder (the official archive has none of these)."""
     name = member.name.replace("\\", "/")
-    parts = PurePosixPath(name).parts
+    parts = member_parts(name)
     if name.startswith("/") or (parts and ":" in parts[0]) or ".." in parts:
         raise AlexnetError(f"refusing {tar_path}: member {member.name!r} points outside the archive; use the official {ARCHIVE}")
     if not (member.isfile() or member.isdir()):

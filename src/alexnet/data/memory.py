@@ -54,9 +54,11 @@ def channel_stats(images: np.ndarray, max_samples: int = 10_000) -> tuple[list[f
     """Per-channel mean and std in [0, 1] units, from (a seeded sample of) the training images."""
     if len(images) > max_samples:
         images = images[np.random.default_rng(0).choice(len(images), max_samples, replace=False)]
-    x = images.reshape(-1, 3).astype(np.float64) / 255.0
-    std = np.maximum(x.std(axis=0), 1e-3)  # a constant channel must not divide by zero
-    return x.mean(axis=0).tolist(), std.tolist()
+    # torch's reduction runs on every core, in float32 with cascaded sums: 0.1 s where numpy's float64
+    # std over a strided (N*H*W, 3) view took 1.8 s of a cold start on the 2-core box.
+    x = torch.from_numpy(np.ascontiguousarray(images)).reshape(-1, 3).float().div_(255.0)
+    std, mean = torch.std_mean(x, dim=0, correction=0)
+    return mean.double().tolist(), std.clamp_min(1e-3).double().tolist()  # a constant channel: no division by 0
 
 
 def to_device_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
