@@ -34,9 +34,18 @@ def test_budget_fraction_and_reserve():
     assert budget.enabled and not budget.spent()
     assert budget.fraction(now - 50, now=now) == pytest.approx(50 / (100 - RESERVE_FIXED_S))
     budget.val_images, budget.views = 3000, 2
+    budget.observe_step(seconds=30.0, images=100)  # the first step (allocation, compilation) is not the rate
+    assert budget.reserve == RESERVE_FIXED_S and budget.eval_seconds() == 0.0
     budget.observe_step(seconds=1.0, images=100)  # 10 ms an image: 6,000 evaluated views ~18 s, with margins ~22
-    assert 15 < budget.reserve < 30
+    assert 15 < budget.reserve < 30 and 15 < budget.eval_seconds() < budget.reserve
     assert budget.spent() is False and TimeBudget(limit=10, started=now - 20).spent()
+    budget.step_seconds = budget.train_end() - time.time() + 1  # the next step would end past the training time
+    assert budget.spent()
+    # a report evaluates its split once more: with no validation split, the training split
+    report = TimeBudget(limit=100, started=now, val_images=0, views=2, report=True, report_images=45000)
+    report.observe_step(1.0, 100)
+    report.observe_step(1.0, 100)
+    assert report.reserve > 45000 * 2 * 0.01 * 0.25
     assert not TimeBudget(limit=0, started=now - 1e6).spent() and TimeBudget(0, now).fraction(now - 5) == 0.0
 
 
@@ -86,14 +95,35 @@ def test_time_limit_ends_a_run_early_with_a_validated_best_checkpoint(tiny_folde
     assert history[-1]["val_acc"] is not None and history[-1]["lr"] < 0.05 * 0.01  # decayed to ~0 by the clock
     best = load_checkpoint(run / "best.pt")
     assert best["epoch"] == len(history)
-    with pytest.raises(AlexnetError, match="time-limit"):
+    with pytest.raises(AlexnetError, match="--time-limit 0"):
         alexnet.train(resume=run, progress=False)
+    with pytest.raises(AlexnetError, match="--time-limit 0"):
+        alexnet.train(resume=run, time_limit=30, progress=False)
+    # continued by steps: one more epoch, and the saved config no longer carries the limit
+    alexnet.train(resume=run, time_limit=0, epochs=len(history) + 1, progress=False)
+    assert len(json.loads((run / "history.json").read_text())) == len(history) + 1
+    assert load_checkpoint(run / "last.pt")["config"]["train"]["time_limit"] == 0
 
 
-def test_progressive_resizing_trains_small_then_validates_at_full_size(tiny_folder, tmp_path):
+def test_time_limit_counts_from_main_when_called_inside_a_program(tiny_folder, tmp_path):
+    # pytest's process may be older than the limit: the clock starts at main(argv), not at process start
+    from alexnet.cli import main
+
+    time.sleep(0.1)
+    assert main(["train", "--data", str(tiny_folder / "train"), "--out", str(tmp_path / "r"), "--epochs", "2",
+                 "--time-limit", "300", "--batch-size", "16", "--device", "cpu", "--no-report", "--quiet"]) == 0
+    history = json.loads((tmp_path / "r" / "history.json").read_text())
+    assert len(history) == 2 and history[0]["images_per_s"] > 0
+
+
+def test_progressive_resizing_trains_small_then_validates_at_full_size(tiny_folder, tmp_path, monkeypatch):
+    sides = []
+    set_size = BatchLoader.set_size
+    monkeypatch.setattr(BatchLoader, "set_size", lambda self, side: (sides.append(side), set_size(self, side))[1])
     run = alexnet.train(data=str(tiny_folder / "train"), out=tmp_path / "r", epochs=4, res_start=16, res_ramp=0.5,
                         global_pool=True, **OPTIONS)
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 4 and history[-1]["val_acc"] is not None
+    assert sides == [16, 24, 32, 32]  # the training side grows over the first half, by epochs
     cfg = json.loads((run / "config.json").read_text())["config"]["train"]
     assert cfg["res_start"] == 16 and cfg["res_ramp"] == 0.5

@@ -219,3 +219,15 @@ def test_cache_depends_on_the_requested_size(dataset):
     root, cache = dataset
     assert load_folder(root, cache, size=4, workers=1)[0]["train"][0].shape == (4, 4, 4, 3)
     assert load_folder(root, cache, size=6, workers=1)[0]["train"][0].shape == (4, 6, 6, 3)
+
+
+def test_decoding_without_fork_matches(tmp_path, monkeypatch):
+    # macOS and Windows start workers by spawn: chunks travel through pipes instead of shared memory
+    import multiprocessing
+
+    make_classes(tmp_path, {"cat": 4, "dog": 4})
+    paths, _ = scan_folder(tmp_path).splits["train"]
+    monkeypatch.setattr(folder, "_MIN_PARALLEL", 1)
+    serial = decode_images(paths, 8, workers=1)
+    monkeypatch.setattr(folder, "_mp_context", lambda: multiprocessing.get_context("spawn"))
+    np.testing.assert_array_equal(decode_images(paths, 8, workers=2), serial)

@@ -38,7 +38,8 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
     """Train and return the run folder, e.g. `train(data="cifar10", epochs=3, out="runs/demo")`.
 
     `options` are any DataConfig/ModelConfig/TrainConfig field (`data` and `model` name the source and network).
-    With `resume=RUN` the run continues exactly; only `epochs` and `device` may change. `started_at`
+    With `resume=RUN` the run continues exactly; only `epochs` and `device` may change (and `time_limit=0`
+    continues a time-limited run by steps). `started_at`
     (time.time()) is when a `time_limit` starts counting: default now.
     """
     from .engine.trainer import train as run_training
@@ -47,12 +48,13 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
 
     try:
         if resume is not None:
-            extra = set(options) - {"epochs", "device"}
+            extra = set(options) - {"epochs", "device", "time_limit"}
             if extra or config is not None or preset is not None:
-                raise AlexnetError(f"--resume continues a run with its own config; only --epochs and --device "
-                                   f"may change (got {', '.join(sorted(extra)) or 'a config'})")
+                raise AlexnetError(f"--resume continues a run with its own config; only --epochs, --device and "
+                                   f"--time-limit 0 may change (got {', '.join(sorted(extra)) or 'a config'})")
             run = run_training(None, resume=resume, epochs=options.get("epochs"), device=options.get("device"),
-                               stop_after_epoch=stop_after_epoch, progress=progress)
+                               stop_after_epoch=stop_after_epoch, progress=progress,
+                               time_limit=options.get("time_limit"))
         else:
             cfg = apply_overrides(config or preset_config(preset), options_to_overrides(options))
             run = run_training(cfg, out, stop_after_epoch=stop_after_epoch, progress=progress,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Any, Sequence
 
 
@@ -187,15 +188,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .config import apply_overrides, preset_config
 
     if args.resume:
-        run = train(resume=args.resume, epochs=args.epochs, device=args.device,
+        run = train(resume=args.resume, epochs=args.epochs, device=args.device, time_limit=args.time_limit,
                     stop_after_epoch=args.stop_after_epoch, progress=not args.quiet)
     else:
         cfg = apply_overrides(preset_config(args.preset), train_overrides(args))
-        # --time-limit counts from the start of the process: interpreter start-up and imports included.
+        # --time-limit counts from the start of the process (interpreter start-up and imports included) when
+        # this is the `alexnet` command; from main()'s call when main(argv) runs inside another program.
         import psutil
 
+        started = args.started_at if args.started_at is not None else psutil.Process().create_time()
         run = train(cfg, out=args.out, stop_after_epoch=args.stop_after_epoch, progress=not args.quiet,
-                    started_at=psutil.Process().create_time())
+                    started_at=started)
     print(f"run folder: {run}")
     if not (run / "report" / "report.html").exists() and not args.quiet:
         print(f"no HTML report written; `alexnet report {run}` writes it")
@@ -255,7 +258,9 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    called_at = None if argv is None else time.time()
     args = build_parser().parse_args(argv)
+    args.started_at = called_at
     from .errors import AlexnetError
 
     try:
@@ -265,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted; a run's last.pt holds its last finished epoch "
-              "(continue with --resume RUN)", file=sys.stderr)
+              "(continue with --resume RUN, adding --time-limit 0 for a time-limited run)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `alexnet evaluate ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

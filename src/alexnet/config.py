@@ -224,7 +224,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0 < t.res_ramp <= 1, "--res-ramp must be in (0, 1]: the fraction of training that grows the side"),
         (t.time_limit >= 0, "--time-limit must be >= 0 seconds (0 = none)"),
         (t.time_limit == 0 or t.schedule != "plateau",
-         "--time-limit needs a linear or cosine --schedule (plateau follows validation, not the clock)"),
+         "--schedule plateau cannot follow a --time-limit (it steps on validation, not the clock): pass "
+         "--time-limit 0 (the CIFAR presets set one) or --schedule linear or cosine"),
         (t.res_start == 0 or (cfg.model.name == "alexnet-cifar" and cfg.model.global_pool is True),
          "--res-start needs a head that takes any input side: use --model alexnet-cifar --global-pool"),
         (t.val_every >= 0, "--val-every must be >= 0 (0 = after the last epoch only)"),

@@ -229,11 +229,23 @@ def _chunks(start: int, stop: int, size: int, workers: int) -> list[tuple[int, i
     return [(lo, min(lo + step, stop)) for lo in range(start, stop, step)]
 
 
-# The items being decoded, for workers started by fork: they inherit this list instead of receiving
-# their chunk's encoded bytes through a pipe, and write pixels into a shared anonymous mapping instead of
-# sending them back (50,000 CIFAR JPEGs: 3.95 s -> see benchmarks/NOTES.md, 2026-11-28).
+# The items being decoded and the array they go into, for workers started by fork: they inherit the list
+# instead of receiving their chunk's encoded bytes through a pipe, and write pixels straight into the
+# output, which lives in a shared anonymous mapping, instead of sending them back (50,000 CIFAR JPEGs:
+# 3.95 -> 3.53 s, benchmarks/NOTES.md, 2026-11-28).
 _FORK_ITEMS: Sequence[ImageSource] = ()
 _FORK_OUT: np.ndarray | None = None
+
+
+def _forks() -> bool:
+    return _mp_context().get_start_method() == "fork"
+
+
+def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
+    """An uint8 array in an anonymous MAP_SHARED mapping (zeroed; unmapped when the array is freed):
+    what forked workers write into it, the parent sees."""
+    count = math.prod(shape)
+    return np.frombuffer(mmap.mmap(-1, max(count, 1)), dtype=np.uint8, count=count).reshape(shape)
 
 
 def _decode_shared(lo: int, hi: int, size: int) -> list[tuple[int, str]]:
@@ -243,20 +255,21 @@ def _decode_shared(lo: int, hi: int, size: int) -> list[tuple[int, str]]:
 
 
 def _decode_parallel(paths: list[ImageSource], start: int, size: int, workers: int, out: np.ndarray) -> list[tuple[int, str]]:
+    """Decode paths[start:] into out[start:] on `workers` processes. Under fork, `out` must come from
+    `_shared_array`: the workers write into it directly."""
     global _FORK_ITEMS, _FORK_OUT
     failures: list[tuple[int, str]] = []
     chunks = _chunks(start, len(paths), size, workers)
     context = _mp_context()
     shared = context.get_start_method() == "fork"
-    if shared:
-        mapping = mmap.mmap(-1, max(out.nbytes, 1))  # anonymous and MAP_SHARED: written by the children
-        _FORK_ITEMS, _FORK_OUT = paths, np.frombuffer(mapping, dtype=np.uint8, count=out.size).reshape(out.shape)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context)
+    pool = None
     try:
+        if shared:
+            _FORK_ITEMS, _FORK_OUT = paths, out
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context)
         if shared:
             for job in [pool.submit(_decode_shared, lo, hi, size) for lo, hi in chunks]:
                 failures.extend(job.result())
-            out[start:] = _FORK_OUT[start:]
         else:
             jobs = [(lo, pool.submit(_decode_chunk, paths[lo:hi], size)) for lo, hi in chunks]
             for lo, job in jobs:
@@ -269,10 +282,9 @@ def _decode_parallel(paths: list[ImageSource], start: int, size: int, workers: i
         ) from exc
     finally:
         # On Ctrl-C or an error, drop the queued chunks instead of decoding them all first.
-        pool.shutdown(wait=True, cancel_futures=True)
-        if shared:
-            _FORK_ITEMS, _FORK_OUT = (), None
-            del mapping
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        _FORK_ITEMS, _FORK_OUT = (), None
     return failures
 
 
@@ -340,12 +352,14 @@ def decode_images(
             if failures:
                 raise _failure_error(names, failures, root)
             return np.zeros((0, 0, 0, 3), dtype=np.uint8)
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    workers = _worker_count(workers)
+    parallel = workers > 1 and n - start - (first is not None) >= _MIN_PARALLEL
+    shape = (n, size, size, 3)
+    out = _shared_array(shape) if parallel and _forks() else np.empty(shape, dtype=np.uint8)
     if first is not None:
         out[start] = first
         start += 1
-    workers = _worker_count(workers)
-    if workers > 1 and n - start >= _MIN_PARALLEL:
+    if parallel:
         failures += _decode_parallel(items, start, size, workers, out)
     else:
         failures += [(start + i, reason) for i, reason in _decode_into(items[start:], size, out[start:])]

@@ -35,7 +35,10 @@ class TimeBudget:
     val_images: int = 0
     views: int = 1
     report: bool = False
+    report_images: int = 0  # the images the report evaluates (the validation split, or the training split)
     seconds_per_image: float | None = None  # a training step's cost per image at the full side, smoothed
+    step_seconds: float = 0.0  # the last step's duration: stop before a step that would cross the end
+    _scale: float | None = None  # the cost scale of the last observed step (changes with the side)
 
     @property
     def enabled(self) -> bool:
@@ -61,20 +64,34 @@ class TimeBudget:
         return self.fraction(self.train_started or None)
 
     def spent(self) -> bool:
-        return self.enabled and time.time() >= self.train_end()
+        """True when the next step would end past the training time (the steps so far say how long it takes)."""
+        return self.enabled and time.time() + self.step_seconds >= self.train_end()
+
+    def eval_seconds(self) -> float:
+        """The estimated seconds of one validation pass with all its views (0 before any step is timed)."""
+        if self.seconds_per_image is None:
+            return 0.0
+        return RESERVE_MARGIN * self.val_images * self.views * self.seconds_per_image * EVAL_COST
 
     def observe_step(self, seconds: float, images: int, cost_scale: float = 1.0) -> None:
         """Learn the training cost from each step (scaled to the full side when training smaller) and keep
         time for the final validation (forward only: EVAL_COST of a training step per image and view) and, when
-        one is written, the report (one more pass over the split, then figures)."""
+        one is written, the report (one more pass over its split, then figures).
+
+        The first step, and the first at a new side, are left out of the estimate: they carry one-off costs
+        (buffers allocated for the new shapes, torch.compile's compilation) that the next steps do not."""
         if not self.enabled or images <= 0:
             return
         now = time.time()
         if not self.train_started:
             self.train_started = now - seconds
+        first_at_side, self._scale = cost_scale != self._scale, cost_scale
+        if first_at_side:
+            return
+        self.step_seconds = seconds
         per_image = seconds / images * cost_scale
         self.seconds_per_image = per_image if self.seconds_per_image is None else \
             0.9 * self.seconds_per_image + 0.1 * per_image
-        passes = 2 if self.report else 1
-        evaluation = passes * self.val_images * self.views * self.seconds_per_image * EVAL_COST
+        evaluated = self.val_images + (self.report_images if self.report else 0)
+        evaluation = evaluated * self.views * self.seconds_per_image * EVAL_COST
         self.reserve = RESERVE_MARGIN * (evaluation + (REPORT_FIXED_S if self.report else 0.0)) + RESERVE_FIXED_S

@@ -175,11 +175,12 @@ def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: Tr
 
 def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str | Path | None = None,
           epochs: int | None = None, device: str | None = None, stop_after_epoch: int | None = None,
-          progress: bool = True, started_at: float | None = None) -> Path:
+          progress: bool = True, started_at: float | None = None, time_limit: float | None = None) -> Path:
     """Train `cfg` into a run folder (or continue the run in `resume`) and return the folder.
 
     Under torchrun every rank calls this; rank 0 alone prints and writes files. `started_at` (time.time())
-    is when the command began, for --time-limit (default: now).
+    is when the command began, for --time-limit (default: now). A run trained under a time limit resumes
+    only with `time_limit=0`: its remaining epochs then follow the step schedule.
     """
     started_at = time.time() if started_at is None else started_at
     state = TrainState()
@@ -188,9 +189,14 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         out = Path(resume)
         ckpt = load_checkpoint(out / "last.pt")
         cfg = RunConfig.from_dict(ckpt["config"])
-        if cfg.train.time_limit:
-            raise AlexnetError(f"the run in {out} trained under --time-limit {cfg.train.time_limit:g}: its schedule "
-                               "follows the clock of its own command and cannot be continued; start a new run")
+        if time_limit:
+            raise AlexnetError("--resume cannot set a --time-limit (the schedule so far followed steps or another "
+                               "command's clock); resume with --time-limit 0 or start a new run")
+        if cfg.train.time_limit and time_limit is None:
+            raise AlexnetError(f"the run in {out} trained under --time-limit {cfg.train.time_limit:g}, whose schedule "
+                               "follows its own command's clock; continue it by steps with --resume "
+                               f"{out} --time-limit 0, or start a new run")
+        cfg = replace(cfg, train=replace(cfg.train, time_limit=0.0))
         state = TrainState(ckpt["epoch"], ckpt["history"], ckpt["best_val_acc"], ckpt["train_seconds"])
     assert cfg is not None
     # Flags that may change on resume: more epochs, another device.
@@ -229,8 +235,9 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     check_progressive(cfg, train_loader, image_size)
     optimizer = build_optimizer(model, cfg.train)
     views = (6 if cfg.train.tta_shift else 2) if cfg.train.tta else 1
+    # The report evaluates the validation split, or the training split when none is held out (api.train).
     budget = TimeBudget(cfg.train.time_limit, started_at, val_images=num_val, views=views,
-                        report=cfg.train.report and info.is_main)
+                        report=cfg.train.report and info.is_main, report_images=num_val or data.num_train)
     scheduler = build_scheduler(optimizer, cfg.train, len(train_loader), budget)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -271,9 +278,14 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         val_loss = val_acc = float("nan")
         out_of_time = budget.spent()
         every, last = cfg.train.val_every, epoch + 1 == cfg.train.epochs or out_of_time
-        validated = val_loader is not None and (last or (every > 0 and (epoch + 1) % every == 0))
+        scheduled = every > 0 and (epoch + 1) % every == 0
+        if scheduled and not last and budget.enabled and time.time() + budget.eval_seconds() >= budget.train_end():
+            scheduled = False  # it would eat into the final validation's time: train on, validate at the end
+        validated = val_loader is not None and (last or scheduled)
         if validated:
             val_loss, val_acc = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg, dev, info)
+            if not out_of_time and budget.spent():  # it took longer than estimated: let it be the final one
+                out_of_time = True
         scheduler.epoch_end(val_acc)
         seconds = time.perf_counter() - start
         state.epoch = epoch + 1
