@@ -65,6 +65,31 @@ def test_scheduler_under_a_spent_budget_drops_the_rate_to_zero_after_warm_up():
     assert opt.param_groups[0]["lr"] == 0.0
 
 
+def test_the_clock_cuts_a_long_warm_up_short_and_decays_from_the_rate_reached():
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(lr=0.1, epochs=10, warmup_epochs=5.0)  # 50 warm-up steps
+    opt = build_optimizer(model, cfg)
+    budget = TimeBudget(limit=100, started=time.time())
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10, budget=budget)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    reached = opt.param_groups[0]["lr"]
+    assert reached == pytest.approx(0.1 * 11 / 50) and budget.decay_started is None
+    budget.train_started = time.time() - 200  # two thirds of the training time are gone
+    opt.step()
+    sched.step()
+    assert budget.decay_started is not None and sched.warmup == 11
+    assert opt.param_groups[0]["lr"] == pytest.approx(reached, rel=1e-3)  # no jump to the peak
+    again = build_scheduler(opt, cfg, steps_per_epoch=10)  # a resumed run keeps the cut warm-up
+    again.load_state_dict(sched.state_dict())
+    assert (again.warmup, again.peak) == (11, pytest.approx(11 / 50))
+    budget.started -= 1000  # the clock has run out
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0
+
+
 def test_progressive_side_grows_in_whole_steps_to_the_input_side():
     sides = [epoch_side(e / 5, 32, 16, 0.6) for e in range(5)]
     assert sides == [16, 16, 24, 32, 32]

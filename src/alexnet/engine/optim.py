@@ -51,18 +51,25 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, time_fraction: float = 0.0) -> float:
+# Under a time limit the warm-up ends, at the latest, when this share of the training time is spent: on
+# a machine slow enough that its steps would fill most of the budget, the decay still gets the rest.
+WARMUP_MAX_SHARE = 0.5
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, time_fraction: float = 0.0,
+              peak: float = 1.0) -> float:
     """Multiplier of the peak rate at `step`: linear warm-up from ~0, then linear or cosine decay to 0.
 
     time_fraction: with a time limit, the share of the post-warm-up time already spent; the decay follows
-    whichever of steps and time is further along, so it reaches 0 when either runs out."""
+    whichever of steps and time is further along, so it reaches 0 when either runs out. peak: where the
+    decay starts (below 1 when the clock cut the warm-up short)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
     progress = min(max(progress, time_fraction), 1.0)
     if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0 - progress
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    return peak * (1.0 - progress)
 
 
 class Schedule:
@@ -79,8 +86,10 @@ class Schedule:
         else:
             total = cfg.epochs * steps_per_epoch
             self.warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+            self.peak = 1.0
             self.inner = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: lr_factor(step, total, self.warmup, cfg.schedule, self.time_fraction()))
+                optimizer, lambda step: lr_factor(step, total, self.warmup, cfg.schedule, self.time_fraction(),
+                                                  self.peak))
 
     def time_fraction(self) -> float:
         return self.budget.decay_fraction() if self.budget is not None else 0.0
@@ -89,8 +98,13 @@ class Schedule:
         """After every optimiser step."""
         if self.plateau:
             return
-        if self.budget is not None and self.budget.decay_started is None and self.inner.last_epoch + 1 >= self.warmup:
-            self.budget.decay_started = time.time()  # the clock-driven decay starts when the warm-up ends
+        step = self.inner.last_epoch + 1
+        if self.budget is not None and self.budget.decay_started is None:
+            if step < self.warmup and self.budget.run_fraction() >= WARMUP_MAX_SHARE:
+                self.peak = max(step, 1) / self.warmup  # decay from the rate reached
+                self.warmup = step
+            if step >= self.warmup:
+                self.budget.decay_started = time.time()  # the clock-driven decay starts when the warm-up ends
         self.inner.step()
 
     def epoch_end(self, val_acc: float) -> None:
@@ -98,9 +112,16 @@ class Schedule:
             self.inner.step(val_acc)
 
     def state_dict(self) -> dict:
-        return self.inner.state_dict()
+        state = self.inner.state_dict()
+        if not self.plateau:
+            state["warmup_and_peak"] = (self.warmup, self.peak)  # a warm-up the clock cut short stays cut
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        cut = state.pop("warmup_and_peak", None)
+        if cut is not None and not self.plateau:
+            self.warmup, self.peak = int(cut[0]), float(cut[1])
         self.inner.load_state_dict(state)
 
 
