@@ -152,3 +152,20 @@ def test_progressive_resizing_trains_small_then_validates_at_full_size(tiny_fold
     assert sides == [16, 24, 32, 32]  # the training side grows over the first half, by epochs
     cfg = json.loads((run / "config.json").read_text())["config"]["train"]
     assert cfg["res_start"] == 16 and cfg["res_ramp"] == 0.5
+
+
+def test_the_reserve_counts_the_passes_that_evaluation_makes():
+    from alexnet.engine.evaluation import collect_logits, tta_views
+
+    passes = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            passes.append(len(x))
+            return x.flatten(1)[:, :3]
+
+    batches = [(torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))]
+    for tta, shift in [(False, 0), (True, 0), (True, 2)]:
+        passes.clear()
+        collect_logits(Counting(), batches, torch.device("cpu"), "off", tta, shift)
+        assert len(passes) == tta_views(tta, shift)

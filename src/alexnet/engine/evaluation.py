@@ -26,6 +26,11 @@ def shift_logits(model: nn.Module, x: torch.Tensor, shift: int) -> torch.Tensor:
     return 0.5 * flip_logits(model, x) + 0.25 * (flip_logits(model, moved[0]) + flip_logits(model, moved[1]))
 
 
+def tta_views(tta: bool, tta_shift: int) -> int:
+    """Forward passes per image that `collect_logits` makes: 1, 2 with flips, 6 with flips and shifts."""
+    return (6 if tta_shift > 0 else 2) if tta else 1
+
+
 @torch.no_grad()
 def collect_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    device: torch.device, amp: str = "auto", tta: bool = False, tta_shift: int = 0

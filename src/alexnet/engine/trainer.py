@@ -26,7 +26,7 @@ from .checkpoint import (atomic_write, load_checkpoint, restore_rng_state, rng_s
 from . import distributed
 from .device import autocast, grad_scaler, hardware_info, resolve_device, tune_cpu_allocator, versions
 from .ema import EMA
-from .evaluation import collect_logits, loss_and_accuracy
+from .evaluation import collect_logits, loss_and_accuracy, tta_views
 from .optim import build_optimizer, build_scheduler
 from .progress import EpochProgress
 from .resolution import epoch_side
@@ -234,7 +234,7 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     train_loader, val_loader = data.train, data.val.loader if data.val else None
     check_progressive(cfg, train_loader, image_size)
     optimizer = build_optimizer(model, cfg.train)
-    views = (6 if cfg.train.tta_shift else 2) if cfg.train.tta else 1
+    views = tta_views(cfg.train.tta, cfg.train.tta_shift)
     # The report evaluates the validation split, or the training split when none is held out (api.train).
     budget = TimeBudget(cfg.train.time_limit, started_at, val_images=num_val, views=views,
                         report=cfg.train.report and info.is_main, report_images=num_val or data.num_train)
