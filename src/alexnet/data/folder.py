@@ -237,10 +237,6 @@ _FORK_ITEMS: Sequence[ImageSource] = ()
 _FORK_OUT: np.ndarray | None = None
 
 
-def _forks() -> bool:
-    return _mp_context().get_start_method() == "fork"
-
-
 def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
     """An uint8 array in an anonymous MAP_SHARED mapping (zeroed; unmapped when the array is freed):
     what forked workers write into it, the parent sees."""
@@ -262,10 +258,10 @@ def _decode_parallel(paths: list[ImageSource], start: int, size: int, workers: i
     chunks = _chunks(start, len(paths), size, workers)
     context = _mp_context()
     shared = context.get_start_method() == "fork"
+    if shared:
+        _FORK_ITEMS, _FORK_OUT = paths, out
     pool = None
     try:
-        if shared:
-            _FORK_ITEMS, _FORK_OUT = paths, out
         pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context)
         if shared:
             for job in [pool.submit(_decode_shared, lo, hi, size) for lo, hi in chunks]:
@@ -355,7 +351,8 @@ def decode_images(
     workers = _worker_count(workers)
     parallel = workers > 1 and n - start - (first is not None) >= _MIN_PARALLEL
     shape = (n, size, size, 3)
-    out = _shared_array(shape) if parallel and _forks() else np.empty(shape, dtype=np.uint8)
+    forked = parallel and _mp_context().get_start_method() == "fork"  # workers write into a shared array
+    out = _shared_array(shape) if forked else np.empty(shape, dtype=np.uint8)
     if first is not None:
         out[start] = first
         start += 1

@@ -63,15 +63,21 @@ class TimeBudget:
         """How far training is, by the clock (progressive resizing follows it)."""
         return self.fraction(self.train_started or None)
 
+    def would_cross(self, seconds: float) -> bool:
+        """True when work of `seconds` started now would end past the training time (never without a limit)."""
+        return self.enabled and time.time() + seconds >= self.train_end()
+
     def spent(self) -> bool:
-        """True when the next step would end past the training time (the steps so far say how long it takes)."""
-        return self.enabled and time.time() + self.step_seconds >= self.train_end()
+        """True when the next step would end past the training time (the last step says how long it takes)."""
+        return self.would_cross(self.step_seconds)
+
+    def _evaluation_seconds(self, images: int) -> float:
+        """Forward passes over `images` with all their views: EVAL_COST of a training step per image and view."""
+        return images * self.views * (self.seconds_per_image or 0.0) * EVAL_COST
 
     def eval_seconds(self) -> float:
-        """The estimated seconds of one validation pass with all its views (0 before any step is timed)."""
-        if self.seconds_per_image is None:
-            return 0.0
-        return RESERVE_MARGIN * self.val_images * self.views * self.seconds_per_image * EVAL_COST
+        """The estimated seconds of one validation pass, with margin (0 before any step is timed)."""
+        return RESERVE_MARGIN * self._evaluation_seconds(self.val_images)
 
     def observe_step(self, seconds: float, images: int, cost_scale: float = 1.0) -> None:
         """Learn the training cost from each step (scaled to the full side when training smaller) and keep
@@ -92,6 +98,5 @@ class TimeBudget:
         per_image = seconds / images * cost_scale
         self.seconds_per_image = per_image if self.seconds_per_image is None else \
             0.9 * self.seconds_per_image + 0.1 * per_image
-        evaluated = self.val_images + (self.report_images if self.report else 0)
-        evaluation = evaluated * self.views * self.seconds_per_image * EVAL_COST
+        evaluation = self._evaluation_seconds(self.val_images + (self.report_images if self.report else 0))
         self.reserve = RESERVE_MARGIN * (evaluation + (REPORT_FIXED_S if self.report else 0.0)) + RESERVE_FIXED_S

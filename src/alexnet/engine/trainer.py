@@ -279,7 +279,7 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         out_of_time = budget.spent()
         every, last = cfg.train.val_every, epoch + 1 == cfg.train.epochs or out_of_time
         scheduled = every > 0 and (epoch + 1) % every == 0
-        if scheduled and not last and budget.enabled and time.time() + budget.eval_seconds() >= budget.train_end():
+        if scheduled and not last and budget.would_cross(budget.eval_seconds()):
             scheduled = False  # it would eat into the final validation's time: train on, validate at the end
         validated = val_loader is not None and (last or scheduled)
         if validated:
