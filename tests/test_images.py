@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet.data.images import UnreadableImageError, fit_square, load_rgb
+from alexnet.data import images
+from alexnet.data.images import UnreadableImageError, decode_square, fit_square, load_rgb
 from alexnet.errors import AlexnetError
 
 
@@ -179,3 +180,86 @@ def test_fit_square_upscales_small_images():
 def test_fit_square_rejects_a_non_positive_size():
     with pytest.raises(AlexnetError, match="positive integer"):
         fit_square(Image.new("RGB", (4, 4)), 0)
+
+
+# decode_square: the bulk decoder of in-memory datasets must give exactly what load_rgb + fit_square give.
+
+def _jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", **kwargs)
+    return buf.getvalue()
+
+
+def _reference(data: bytes, size: int) -> np.ndarray:
+    import io
+
+    return fit_square(load_rgb(io.BytesIO(data)), size)
+
+
+def _noise(mode: str, size: tuple[int, int], seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+
+
+@pytest.mark.parametrize("mode, subsampling, progressive", [
+    ("RGB", 2, False),  # 4:2:0, as the shared CIFAR JPEGs
+    ("RGB", 0, False),
+    ("RGB", 2, True),
+    ("L", 0, False),
+])
+def test_decode_square_of_plain_jpegs_matches_pil_exactly(mode, subsampling, progressive):
+    data = _jpeg_bytes(_noise(mode, (32, 32)), quality=90, subsampling=subsampling, progressive=progressive)
+    assert images._plain_jpeg(data) is not None or images.simplejpeg is None  # the fast path really ran
+    out = decode_square(data, 32, "x.jpg")
+    assert out.dtype == np.uint8 and out.shape == (32, 32, 3)
+    np.testing.assert_array_equal(out, _reference(data, 32))
+
+
+def test_decode_square_resizes_a_jpeg_of_another_size_like_fit_square():
+    data = _jpeg_bytes(_noise("RGB", (40, 24)), quality=90)
+    np.testing.assert_array_equal(decode_square(data, 16, "wide.jpg"), _reference(data, 16))
+
+
+def test_decode_square_leaves_exif_rotation_and_cmyk_to_pil():
+    stored = np.zeros((10, 20, 3), np.uint8)
+    stored[:, :10] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = _jpeg_bytes(Image.fromarray(stored), exif=exif, quality=95)
+    cmyk = _jpeg_bytes(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), quality=95)
+    assert images._plain_jpeg(rotated) is None and images._plain_jpeg(cmyk) is None
+    np.testing.assert_array_equal(decode_square(rotated, 10, "r.jpg"), _reference(rotated, 10))
+    np.testing.assert_array_equal(decode_square(cmyk, 8, "c.jpg"), _reference(cmyk, 8))
+
+
+def test_decode_square_of_a_png_goes_through_pil():
+    import io
+
+    buf = io.BytesIO()
+    _noise("RGB", (32, 32)).save(buf, "PNG")
+    np.testing.assert_array_equal(decode_square(buf.getvalue(), 32, "p.png"), _reference(buf.getvalue(), 32))
+
+
+@pytest.mark.parametrize("cut", [300, -2])
+def test_decode_square_of_a_truncated_jpeg_names_it(cut):
+    data = _jpeg_bytes(Image.effect_noise((64, 64), 60).convert("RGB"))[:cut]
+    with pytest.raises(UnreadableImageError) as info:
+        decode_square(data, 64, "train/cat/cut.jpg")
+    assert info.value.path == "train/cat/cut.jpg" and "\n" not in str(info.value)
+
+
+def test_decode_square_without_simplejpeg_gives_the_same_pixels(monkeypatch):
+    data = _jpeg_bytes(_noise("RGB", (32, 32), seed=3), quality=75)
+    fast = decode_square(data, 32, "a.jpg")
+    monkeypatch.setattr(images, "simplejpeg", None)
+    assert images._plain_jpeg(data) is None
+    np.testing.assert_array_equal(decode_square(data, 32, "a.jpg"), fast)
+
+
+def test_decode_square_keeps_pils_pixel_limit(monkeypatch):
+    data = _jpeg_bytes(_noise("RGB", (40, 40)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(AlexnetError, match="decompression bomb"):
+        decode_square(data, 32, "big.jpg")

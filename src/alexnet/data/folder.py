@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 
-from alexnet.data.images import UnreadableImageError, fit_square, load_rgb
+from alexnet.data.images import UnreadableImageError, decode_square, fit_square, load_rgb
 from alexnet.errors import AlexnetError
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderScan", "scan_folder", "decode_images", "load_folder"]
@@ -186,12 +186,22 @@ def _load(item: ImageSource):
     return load_rgb(item)
 
 
+def _load_square(item: ImageSource, size: int) -> np.ndarray:
+    if isinstance(item, tuple):
+        return decode_square(item[1], size, item[0])
+    try:
+        data = Path(item).read_bytes()
+    except OSError:
+        return fit_square(load_rgb(item), size)  # it names why the file cannot be read
+    return decode_square(data, size, item)
+
+
 def _decode_into(paths: Sequence[ImageSource], size: int, out: np.ndarray) -> list[tuple[int, str]]:
     """Decode ``paths`` into ``out`` (len(paths), size, size, 3); return (index, reason) failures."""
     failures: list[tuple[int, str]] = []
     for i, path in enumerate(paths):
         try:
-            out[i] = fit_square(_load(path), size)
+            out[i] = _load_square(path, size)
         except UnreadableImageError as exc:
             failures.append((i, exc.reason))
     return failures
