@@ -6,6 +6,7 @@ Heavy imports (torch, matplotlib) happen inside the verbs so `alexnet --help` st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -184,14 +185,20 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .api import train
     from .config import apply_overrides, preset_config
+    from .data.prefetch import cache_warming
 
+    cfg = None if args.resume else apply_overrides(preset_config(args.preset), train_overrides(args))
+    # A cold image archive is decoded by a child while this process imports torch (data/prefetch.py).
+    with cache_warming(cfg.data) if cfg is not None else contextlib.nullcontext():
+        from .api import train
+        from .engine.optim import preload_compiler_hooks
+
+        preload_compiler_hooks()
     if args.resume:
         run = train(resume=args.resume, epochs=args.epochs, device=args.device, time_limit=args.time_limit,
                     stop_after_epoch=args.stop_after_epoch, progress=not args.quiet)
     else:
-        cfg = apply_overrides(preset_config(args.preset), train_overrides(args))
         # --time-limit counts from the start of the process (interpreter start-up and imports included) when
         # this is the `alexnet` command; from main()'s call when main(argv) runs inside another program.
         import psutil

@@ -1,15 +1,20 @@
-"""Turn a `--data` value into in-memory splits: CIFAR-10 (download, tarball, batches) or class folders."""
+"""Turn a `--data` value into in-memory splits: CIFAR-10 (download, tarball, batches) or class folders.
+
+Reading a source imports numpy and PIL only, so a child forked before torch is imported can run it."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import AlexnetError
-from .memory import ImageSet, stratified_split
+
+if TYPE_CHECKING:
+    from .memory import ImageSet
 
 
 @dataclass
@@ -66,6 +71,8 @@ def read_source(source: str, cache_dir: str | None = None, workers: int = 0
 def load_splits(source: str, val_split: float, split_seed: int, cache_dir: str | None = None,
                 workers: int = 0) -> Splits:
     """Read the source and carve the seeded, stratified validation split out of its training split."""
+    from .memory import ImageSet, stratified_split  # torch: reading a source does not need it (prefetch.py)
+
     raw, classes, description = read_source(source, cache_dir, workers)
     x, y = raw["train"]
     full = ImageSet(x, y, classes)
