@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from alexnet.data.memory import (BatchLoader, Normalizer, channel_stats, random_crop, random_flip,
-                                 stratified_split, to_device_tensor)
+                                 stratified_split, to_device_tensor, translate)
 
 
 def test_stratified_split_holds_out_the_fraction_of_every_class_and_is_seeded():
@@ -23,6 +23,16 @@ def test_random_crop_translates_each_image_within_padding():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):  # every output equals some window of the zero-padded input
         assert any(torch.equal(y[i], padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+
+
+def test_translate_cuts_each_image_at_its_own_offset_and_keeps_the_layout():
+    x = torch.randint(0, 255, (60, 3, 6, 6), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    dy, dx = torch.randint(0, 3, (60,)), torch.randint(0, 3, (60,))
+    y = translate(x, dy, dx, 1)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(60):
+        assert torch.equal(y[i], padded[i, :, dy[i]:dy[i] + 6, dx[i]:dx[i] + 6])
+    assert y.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_random_crop_with_zero_padding_is_identity():
