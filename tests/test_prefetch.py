@@ -66,3 +66,12 @@ def test_the_child_runs_without_torch(tmp_path):
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
     assert list(tmp_path.glob("cache/archives/*.npz"))
+
+
+def test_a_cache_that_cannot_be_written_is_reported_once_by_the_parent(tmp_path, capfd):
+    tar_path = pack(write_class_folder(tmp_path / "train", 2), tmp_path / "images.tar.gz")
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # the cache root is a file: nothing can be written under it
+    with cache_warming(DataConfig(source=str(tar_path), cache_dir=str(blocked))) as warming:
+        assert warming
+    assert capfd.readouterr().err == ""

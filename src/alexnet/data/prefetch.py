@@ -40,8 +40,11 @@ def _needs_warming(cfg: DataConfig) -> Path | None:
 
 
 def _warm(path: Path, root: Path, workers: int) -> None:
+    import warnings
+
     from .archive import load_image_archive
 
+    warnings.simplefilter("ignore")  # e.g. "could not cache": the parent, failing the same way, says it once
     try:
         load_image_archive(path, root, workers=workers)
     except BaseException:  # noqa: BLE001 - see the module docstring: the parent reports, the child is silent
