@@ -23,7 +23,7 @@ from ..config import DataConfig
 def _needs_warming(cfg: DataConfig) -> Path | None:
     """The archive whose cache a child should build: an image archive read into memory, not cached yet,
     in a single-process run on a system with fork."""
-    if not sys.platform.startswith("linux") or int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.loader == "stream":
+    if not sys.platform.startswith("linux") or os.environ.get("WORLD_SIZE", "1") != "1" or cfg.loader == "stream":
         return None
     if not cfg.source.endswith((".tar.gz", ".tgz")) or not Path(cfg.source).is_file():
         return None
