@@ -117,9 +117,12 @@ def test_time_limit_ends_a_run_early_with_a_validated_best_checkpoint(tiny_folde
                         **OPTIONS)
     history = json.loads((run / "history.json").read_text())
     assert 1 <= len(history) < 1000
-    assert history[-1]["val_acc"] is not None and history[-1]["lr"] < 0.05 * 0.01  # decayed to ~0 by the clock
+    # decayed by the clock (by steps, 1,000 epochs would still be at the peak 0.05); how close to 0 the
+    # last step gets depends on how long that step took, so the bound leaves room for a loaded machine
+    assert history[-1]["val_acc"] is not None and history[-1]["lr"] < 0.05 * 0.1
     best = load_checkpoint(run / "best.pt")
-    assert best["epoch"] == len(history)
+    assert best["best_val_acc"] == max(h["val_acc"] for h in history if h["val_acc"] is not None)
+    assert history[best["epoch"] - 1]["val_acc"] == best["best_val_acc"] and "val_logits" in best
     with pytest.raises(AlexnetError, match="--time-limit 0"):
         alexnet.train(resume=run, progress=False)
     with pytest.raises(AlexnetError, match="--time-limit 0"):

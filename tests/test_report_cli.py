@@ -36,3 +36,27 @@ def test_report_numbers_equal_evaluate_json(trained_run, tiny_folder, tmp_path):
         with Image.open(out / name) as im:
             assert im.width >= 300 and im.height >= 150, name
     assert "http://" not in html and "https://" not in html and "<script" not in html.lower()
+
+
+def test_the_report_reuses_the_final_validation_and_agrees_with_evaluate(trained_run, tmp_path, monkeypatch):
+    import torch
+
+    from alexnet import inference
+    from alexnet.report.build import build_report
+
+    best = torch.load(trained_run / "best.pt", weights_only=True)
+    logits, labels = best["val_logits"], best["val_labels"]
+    assert logits.shape == (12, 3) and labels.shape == (12,)
+    assert (logits.argmax(1) == labels).float().mean().item() == best["best_val_acc"]
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the report evaluated the validation split again")
+
+    monkeypatch.setattr(inference, "probabilities", no_evaluation)
+    monkeypatch.setattr("alexnet.report.build.probabilities", no_evaluation)
+    build_report(trained_run, out=tmp_path / "report")
+    evaluated = run_cli("evaluate", trained_run / "best.pt", "--split", "val", "--json", tmp_path / "eval.json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    expected = json.loads((tmp_path / "eval.json").read_text())
+    reused = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert reused["accuracy"] == expected["accuracy"] and reused["confusion_matrix"] == expected["confusion_matrix"]

@@ -77,6 +77,15 @@ def probabilities(loaded: LoadedModel, loader: Any) -> np.ndarray:
     return softmax_numpy(logits)
 
 
+def saved_probabilities(loaded: LoadedModel, labels: np.ndarray) -> np.ndarray | None:
+    """The probabilities the run's own validation computed with these weights (kept in best.pt), when they
+    are of these very images (same labels in the same order); None otherwise."""
+    logits, stored = loaded.checkpoint.get("val_logits"), loaded.checkpoint.get("val_labels")
+    if logits is None or stored is None or not np.array_equal(stored.numpy(), labels):
+        return None
+    return softmax_numpy(logits)
+
+
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", device: str = "auto",
              batch_size: int = 256, ten_crop: bool = False) -> dict[str, Any]:
     """Accuracy, top-5, per-class scores and confusion matrix of a checkpoint on a split."""

@@ -189,7 +189,8 @@ def _plain_jpeg(data: bytes) -> np.ndarray | None:
         return None
     try:
         height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
-        if colourspace not in _PLAIN_COLOURSPACES or (Image.MAX_IMAGE_PIXELS and height * width > Image.MAX_IMAGE_PIXELS):
+        too_big = Image.MAX_IMAGE_PIXELS and height * width > Image.MAX_IMAGE_PIXELS
+        if colourspace not in _PLAIN_COLOURSPACES or too_big:
             return None
         return simplejpeg.decode_jpeg(data, colorspace="RGB")
     except ValueError:  # truncated or corrupt

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 # An evaluated view costs this share of a training step per image: forward only, no augmentation.
 # Measured on the AVX2 box (2026-11-28): `cifar10`'s network trains at ~590 img/s and evaluates 5,000
-# images x 6 views in 13.9 s, i.e. 0.27 of a training step per view. The report adds one more such pass,
-# then its imports, the split loaded again from the cache and the figures: 7 s there. The estimate is
+# images x 6 views in 13.9 s, i.e. 0.27 of a training step per view. The report reuses the validation's
+# logits (one more pass only over a training split, when none is held out), then adds its imports, the
+# split loaded again from the cache and the figures: 7 s there. The estimate is
 # taken RESERVE_MARGIN times, plus the fixed seconds for checkpoints and exit.
 EVAL_COST = 0.3
 RESERVE_MARGIN = 1.15
@@ -35,7 +36,7 @@ class TimeBudget:
     val_images: int = 0
     views: int = 1
     report: bool = False
-    report_images: int = 0  # the images the report evaluates (the validation split, or the training split)
+    report_images: int = 0  # the images the report evaluates again (the training split when none is held out)
     seconds_per_image: float | None = None  # a training step's cost per image at the full side, smoothed
     step_seconds: float = 0.0  # the last step's duration: stop before a step that would cross the end
     _scale: float | None = None  # the cost scale of the last observed step (changes with the side)
@@ -82,7 +83,7 @@ class TimeBudget:
     def observe_step(self, seconds: float, images: int, cost_scale: float = 1.0) -> None:
         """Learn the training cost from each step (scaled to the full side when training smaller) and keep
         time for the final validation (forward only: EVAL_COST of a training step per image and view) and, when
-        one is written, the report (one more pass over its split, then figures).
+        one is written, the report (its figures, and a pass over `report_images`).
 
         The first step, and the first at a new side, are left out of the estimate: they carry one-off costs
         (buffers allocated for the new shapes, torch.compile's compilation) that the next steps do not."""

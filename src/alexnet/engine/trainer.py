@@ -141,14 +141,15 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
 
 
 def validate_epoch(model: nn.Module, loader: BatchLoader, cfg: RunConfig, device: torch.device,
-                   info: distributed.Dist) -> tuple[float, float]:
-    """Validation loss and accuracy over the whole split: each rank runs a share, the logits are gathered."""
+                   info: distributed.Dist) -> tuple[float, float, dict[str, torch.Tensor]]:
+    """Validation loss, accuracy and {"val_logits", "val_labels"} over the whole split: each rank runs a
+    share, the logits are gathered. The logits go into best.pt, so the report need not evaluate again."""
     logits, labels = collect_logits(model, loader, device, cfg.train.amp, cfg.train.tta,
                                     cfg.train.tta_shift)
     total = len(loader.labels)
     logits = distributed.gather_strided(logits.to(device), total, info).cpu()
     labels = distributed.gather_strided(labels.to(device), total, info).cpu()
-    return loss_and_accuracy(logits, labels)
+    return *loss_and_accuracy(logits, labels), {"val_logits": logits, "val_labels": labels}
 
 
 def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState, cfg: RunConfig,
@@ -236,8 +237,10 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     optimizer = build_optimizer(model, cfg.train)
     views = tta_views(cfg.train.tta, cfg.train.tta_shift)
     # The report evaluates the validation split, or the training split when none is held out (api.train).
+    # The report reuses the final validation's logits (kept in best.pt); without a validation split it
+    # evaluates the training split.
     budget = TimeBudget(cfg.train.time_limit, started_at, val_images=num_val, views=views,
-                        report=cfg.train.report and info.is_main, report_images=num_val or data.num_train)
+                        report=cfg.train.report and info.is_main, report_images=0 if num_val else data.num_train)
     scheduler = build_scheduler(optimizer, cfg.train, len(train_loader), budget)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -276,6 +279,7 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
                                                       (image_size / side) ** 2)
         train_time = time.perf_counter() - start
         val_loss = val_acc = float("nan")
+        outputs: dict[str, torch.Tensor] = {}
         out_of_time = budget.spent()
         every, last = cfg.train.val_every, epoch + 1 == cfg.train.epochs or out_of_time
         scheduled = every > 0 and (epoch + 1) % every == 0
@@ -283,7 +287,8 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
             scheduled = False  # it would eat into the final validation's time: train on, validate at the end
         validated = val_loader is not None and (last or scheduled)
         if validated:
-            val_loss, val_acc = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg, dev, info)
+            val_loss, val_acc, outputs = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg, dev,
+                                                        info)
             if not out_of_time and budget.spent():  # it took longer than estimated: let it be the final one
                 out_of_time = True
         scheduler.epoch_end(val_acc)
@@ -305,8 +310,8 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
             save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True, ema,
                                                                   scaler))
             if improved:
-                save_checkpoint(out / "best.pt",
-                                checkpoint_state(model, optimizer, scheduler, state, cfg, meta, False, ema))
+                best = checkpoint_state(model, optimizer, scheduler, state, cfg, meta, False, ema)
+                save_checkpoint(out / "best.pt", best | outputs)
             write_history(out, state.history)
         val_text = f"val loss {val_loss:.3f} acc {val_acc * 100:.2f}%" if validated else "no val"
         ui.print(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  train loss {train_loss:.3f} acc {train_acc * 100:.2f}%"

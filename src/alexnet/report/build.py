@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..inference import eval_data, load_model, probabilities
+from ..inference import eval_data, load_model, probabilities, saved_probabilities
 from ..metrics import classification_metrics
 from .html import write_report
 
@@ -32,7 +32,9 @@ def build_report(run: Path, data: str | None = None, split: str = "val", out: Pa
     run_dir = run.parent if run.is_file() else run
     loaded = load_model(run, device)
     ev = eval_data(loaded, data, split)
-    probs = probabilities(loaded, ev.loader)
+    # The run's own validation split: the final validation's outputs, saved with the weights, are reused.
+    saved = saved_probabilities(loaded, ev.labels) if data is None and split == "val" else None
+    probs = saved if saved is not None else probabilities(loaded, ev.loader)
     metrics = classification_metrics(probs, ev.labels, loaded.classes)
     run_config = read_json(run_dir / "config.json") or {}
     history = read_json(run_dir / "history.json")
