@@ -211,7 +211,7 @@ def _noise(mode: str, size: tuple[int, int], seed: int = 0) -> Image.Image:
 ])
 def test_decode_square_of_plain_jpegs_matches_pil_exactly(mode, subsampling, progressive):
     data = _jpeg_bytes(_noise(mode, (32, 32)), quality=90, subsampling=subsampling, progressive=progressive)
-    assert images._plain_jpeg(data) is not None or images.simplejpeg is None  # the fast path really ran
+    assert images._plain_jpeg(data) is not None  # the fast path really ran (simplejpeg is a dependency)
     out = decode_square(data, 32, "x.jpg")
     assert out.dtype == np.uint8 and out.shape == (32, 32, 3)
     np.testing.assert_array_equal(out, _reference(data, 32))
@@ -234,6 +234,22 @@ def test_decode_square_leaves_exif_rotation_and_cmyk_to_pil():
     np.testing.assert_array_equal(decode_square(cmyk, 8, "c.jpg"), _reference(cmyk, 8))
 
 
+def test_decode_square_leaves_an_xmp_orientation_to_pil():
+    stored = np.zeros((10, 20, 3), np.uint8)
+    stored[:, :10] = (255, 0, 0)
+    plain = _jpeg_bytes(Image.fromarray(stored), quality=95)
+    xmp = (b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF "
+           b"xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'><rdf:Description "
+           b"xmlns:tiff='http://ns.adobe.com/tiff/1.0/' tiff:Orientation='6'/></rdf:RDF></x:xmpmeta>")
+    tagged = plain[:2] + b"\xff\xe1" + (len(xmp) + 2).to_bytes(2, "big") + xmp + plain[2:]  # an APP1 segment
+    assert images._plain_jpeg(plain) is not None and images._plain_jpeg(tagged) is None
+    np.testing.assert_array_equal(decode_square(tagged, 10, "x.jpg"), _reference(tagged, 10))
+
+
+def test_the_fast_path_is_checked_against_pil_once():
+    assert images._fast_path_agrees()  # simplejpeg and PIL's wheels are both libjpeg-turbo
+
+
 def test_decode_square_of_a_png_goes_through_pil():
     import io
 
@@ -254,8 +270,12 @@ def test_decode_square_without_simplejpeg_gives_the_same_pixels(monkeypatch):
     data = _jpeg_bytes(_noise("RGB", (32, 32), seed=3), quality=75)
     fast = decode_square(data, 32, "a.jpg")
     monkeypatch.setattr(images, "simplejpeg", None)
-    assert images._plain_jpeg(data) is None
-    np.testing.assert_array_equal(decode_square(data, 32, "a.jpg"), fast)
+    images._fast_path_agrees.cache_clear()
+    try:
+        assert images._plain_jpeg(data) is None
+        np.testing.assert_array_equal(decode_square(data, 32, "a.jpg"), fast)
+    finally:
+        images._fast_path_agrees.cache_clear()  # asked again once simplejpeg is back
 
 
 def test_decode_square_keeps_pils_pixel_limit(monkeypatch):

@@ -6,12 +6,16 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from alexnet.config import DataConfig
 from alexnet.data import archive
 from alexnet.data.prefetch import cache_warming
 from alexnet.data.sources import load_splits
 from conftest import write_class_folder
 from test_archive import pack
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the child is forked on Linux only")
 
 
 def test_the_child_builds_the_cache_the_run_then_reads(tmp_path, monkeypatch):
@@ -74,4 +78,14 @@ def test_a_cache_that_cannot_be_written_is_reported_once_by_the_parent(tmp_path,
     blocked.write_text("")  # the cache root is a file: nothing can be written under it
     with cache_warming(DataConfig(source=str(tar_path), cache_dir=str(blocked))) as warming:
         assert warming
-    assert capfd.readouterr().err == ""
+    assert capfd.readouterr().err == ""  # the child said nothing
+    with pytest.warns(UserWarning, match="could not cache") as caught:
+        load_splits(str(tar_path), 0.0, 0, str(blocked))  # the parent's own read decodes and says it
+    assert len(caught) == 1
+
+
+def test_no_child_under_torchrun(tmp_path, monkeypatch):
+    tar_path = pack(write_class_folder(tmp_path / "train", 2), tmp_path / "images.tar.gz")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # every rank would decode: the ranks' own reads share the cache
+    with cache_warming(DataConfig(source=str(tar_path), cache_dir=str(tmp_path / "cache"))) as warming:
+        assert not warming

@@ -60,3 +60,16 @@ def test_the_report_reuses_the_final_validation_and_agrees_with_evaluate(trained
     expected = json.loads((tmp_path / "eval.json").read_text())
     reused = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert reused["accuracy"] == expected["accuracy"] and reused["confusion_matrix"] == expected["confusion_matrix"]
+
+
+def test_saved_outputs_are_used_only_for_the_same_images(trained_run):
+    from alexnet.inference import eval_data, load_model, saved_probabilities
+
+    loaded = load_model(trained_run / "best.pt")
+    ev = eval_data(loaded, None, "val")
+    assert saved_probabilities(loaded, ev) is not None
+    loaded.checkpoint["val_digest"] = "0" * 32  # other pixels (the data changed since training)
+    assert saved_probabilities(loaded, ev) is None
+    for key in ("val_logits", "val_labels", "val_digest"):  # a best.pt written before they were saved
+        loaded.checkpoint.pop(key, None)
+    assert saved_probabilities(loaded, ev) is None

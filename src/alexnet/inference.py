@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
+from .data.memory import BatchLoader, images_digest
 from .data.pipeline import EvalData, InputSpec, build_eval, memory_eval, prepare_image
 from .engine.checkpoint import load_checkpoint
 from .engine.device import resolve_device, tune_cpu_allocator
@@ -77,13 +78,16 @@ def probabilities(loaded: LoadedModel, loader: Any) -> np.ndarray:
     return softmax_numpy(logits)
 
 
-def saved_probabilities(loaded: LoadedModel, labels: np.ndarray) -> np.ndarray | None:
-    """The probabilities the run's own validation computed with these weights (kept in best.pt), when they
-    are of these very images (same labels in the same order); None otherwise."""
-    logits, stored = loaded.checkpoint.get("val_logits"), loaded.checkpoint.get("val_labels")
-    if logits is None or stored is None or not np.array_equal(stored.numpy(), labels):
+def saved_probabilities(loaded: LoadedModel, ev: EvalData) -> np.ndarray | None:
+    """The probabilities the run's own validation computed with these weights (saved in best.pt), when `ev`
+    holds the very same images (content digest) and labels; None otherwise."""
+    saved = loaded.checkpoint
+    if "val_logits" not in saved or not isinstance(ev.loader, BatchLoader):
         return None
-    return softmax_numpy(logits)
+    if saved.get("val_digest") != images_digest(ev.loader.images) or not np.array_equal(saved["val_labels"].numpy(),
+                                                                                          ev.labels):
+        return None
+    return softmax_numpy(saved["val_logits"])
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", device: str = "auto",

@@ -10,11 +10,12 @@ without its per-image overhead, and everything else through the two above.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from alexnet.errors import AlexnetError
 
@@ -34,7 +35,7 @@ _JPEG_START = b"\xff\xd8\xff"
 # libjpeg-turbo converts these to RGB exactly as PIL does; CMYK/YCCK (Adobe's inverted ink) and
 # JPEGs stored as RGB are left to PIL.
 _PLAIN_COLOURSPACES = frozenset({"YCbCr", "Gray"})
-_HEADER_SCAN = 1 << 16  # the APP segments, where an EXIF block sits, come before the image data
+_SOS, _APP1 = 0xDA, 0xE1  # JPEG markers: start of the image data; the EXIF / XMP segment
 
 
 class UnreadableImageError(AlexnetError):
@@ -181,18 +182,61 @@ def fit_square(img: Image.Image, size: int) -> np.ndarray:
     return array.reshape(size, size, 3)
 
 
+def _has_app1(data: bytes) -> bool | None:
+    """Whether the JPEG's header segments, up to the image data, include an APP1 segment: EXIF or XMP, either
+    of which can carry an orientation that PIL applies. None when the header cannot be walked."""
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == _SOS:
+            return False
+        elif marker == _APP1:
+            return True
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_path_agrees() -> bool:
+    """Whether simplejpeg's libjpeg-turbo gives PIL's pixels, checked once on a small 4:2:0 JPEG: it does when
+    PIL is built on libjpeg-turbo too (its wheels are); a PIL built on another libjpeg may round otherwise,
+    and then every image goes through PIL."""
+    if simplejpeg is None or not features.check_feature("libjpeg_turbo"):
+        return False
+    noise = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)  # one 4:2:0 block
+    buf = io.BytesIO()
+    try:
+        Image.fromarray(noise).save(buf, "JPEG", quality=90, subsampling=2)
+        with Image.open(io.BytesIO(buf.getvalue())) as reference:
+            expected = np.asarray(reference.convert("RGB"))
+        return np.array_equal(_decode_turbo(buf.getvalue()), expected)
+    except Exception:  # noqa: BLE001 - any doubt leaves the images to PIL
+        return False
+
+
+def _decode_turbo(data: bytes) -> np.ndarray:
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)  # PIL's methods
+
+
 def _plain_jpeg(data: bytes) -> np.ndarray | None:
-    """RGB pixels (H, W, 3) of a JPEG that needs nothing from PIL: YCbCr or grey, no EXIF block (so no
-    orientation to apply), within PIL's pixel limit. None for anything else, or anything libjpeg-turbo
-    rejects: PIL then decodes it, or names why it cannot."""
-    if simplejpeg is None or not data.startswith(_JPEG_START) or data.find(b"Exif\0\0", 0, _HEADER_SCAN) >= 0:
+    """RGB pixels (H, W, 3) of a JPEG that needs nothing from PIL: YCbCr or grey, no APP1 segment (so no EXIF
+    or XMP orientation to apply), within PIL's pixel limit. None for anything else, anything libjpeg-turbo
+    rejects, or when the two decoders disagree: PIL then decodes it, or names why it cannot."""
+    if simplejpeg is None or not data.startswith(_JPEG_START) or _has_app1(data) is not False:
         return None
     try:
         height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
         too_big = Image.MAX_IMAGE_PIXELS and height * width > Image.MAX_IMAGE_PIXELS
-        if colourspace not in _PLAIN_COLOURSPACES or too_big:
+        if colourspace not in _PLAIN_COLOURSPACES or too_big or not _fast_path_agrees():
             return None
-        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        return _decode_turbo(data)
     except ValueError:  # truncated or corrupt
         return None
 

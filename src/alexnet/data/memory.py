@@ -7,6 +7,7 @@ prepares the next batch while the current one trains.
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -64,6 +65,13 @@ def channel_stats(images: np.ndarray, max_samples: int = 10_000) -> tuple[list[f
 def to_device_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 NHWC array -> uint8 NCHW tensor on `device`; its memory stays NHWC (= channels-last)."""
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+
+
+def images_digest(images: torch.Tensor) -> str:
+    """A content hash of a uint8 image tensor (as `to_device_tensor` makes it: NHWC memory), which ties outputs
+    saved during training to the very images they were computed on. ~25 ms for 5,000 CIFAR images."""
+    pixels = images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest()
 
 
 def crop_offsets(n: int, padding: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,11 +40,14 @@ def _needs_warming(cfg: DataConfig) -> Path | None:
 
 
 def _warm(path: Path, root: Path, workers: int) -> None:
+    import signal
     import warnings
 
     from .archive import load_image_archive
 
     warnings.simplefilter("ignore")  # e.g. "could not cache": the parent, failing the same way, says it once
+    # Terminated by the parent: unwind, so the decoding pool is shut down rather than left waiting.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         load_image_archive(path, root, workers=workers)
     except BaseException:  # noqa: BLE001 - see the module docstring: the parent reports, the child is silent

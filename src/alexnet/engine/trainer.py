@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig, validate
-from ..data.memory import BatchLoader, prefetch
+from ..data.memory import BatchLoader, images_digest, prefetch
 from ..data.pipeline import InputSpec, build_training
 from ..errors import AlexnetError
 from ..models import create_model, default_image_size
@@ -141,15 +141,27 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
 
 
 def validate_epoch(model: nn.Module, loader: BatchLoader, cfg: RunConfig, device: torch.device,
-                   info: distributed.Dist) -> tuple[float, float, dict[str, torch.Tensor]]:
-    """Validation loss, accuracy and {"val_logits", "val_labels"} over the whole split: each rank runs a
-    share, the logits are gathered. The logits go into best.pt, so the report need not evaluate again."""
+                   info: distributed.Dist) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """Validation loss, accuracy, logits and labels over the whole split: each rank runs a share, the logits
+    are gathered."""
     logits, labels = collect_logits(model, loader, device, cfg.train.amp, cfg.train.tta,
                                     cfg.train.tta_shift)
     total = len(loader.labels)
     logits = distributed.gather_strided(logits.to(device), total, info).cpu()
     labels = distributed.gather_strided(labels.to(device), total, info).cpu()
-    return *loss_and_accuracy(logits, labels), {"val_logits": logits, "val_labels": labels}
+    return *loss_and_accuracy(logits, labels), logits, labels
+
+
+# Validation outputs kept in best.pt for the report, up to this many logits (8 MB: 50,000 images x 40 classes).
+MAX_SAVED_LOGITS = 2 ** 21
+
+
+def saved_outputs(loader: Any, logits: torch.Tensor, labels: torch.Tensor, digest: str | None) -> dict[str, Any]:
+    """What best.pt keeps of a validation, so the report need not evaluate the split again: the logits, the
+    labels and a digest of the images, for in-memory splits of modest size; nothing otherwise."""
+    if digest is None or not isinstance(loader, BatchLoader) or logits.numel() > MAX_SAVED_LOGITS:
+        return {}
+    return {"val_logits": logits, "val_labels": labels, "val_digest": digest}
 
 
 def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState, cfg: RunConfig,
@@ -236,11 +248,14 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     check_progressive(cfg, train_loader, image_size)
     optimizer = build_optimizer(model, cfg.train)
     views = tta_views(cfg.train.tta, cfg.train.tta_shift)
-    # The report evaluates the validation split, or the training split when none is held out (api.train).
-    # The report reuses the final validation's logits (kept in best.pt); without a validation split it
-    # evaluates the training split.
+    # The report reuses the outputs of the validation that made best.pt (saved in it) for an in-memory split;
+    # without a validation split it evaluates the training split.
+    reused = info.is_main and isinstance(val_loader, BatchLoader)
+    val_digest = images_digest(val_loader.images) if reused else None
     budget = TimeBudget(cfg.train.time_limit, started_at, val_images=num_val, views=views,
-                        report=cfg.train.report and info.is_main, report_images=0 if num_val else data.num_train)
+                        report=cfg.train.report and info.is_main,
+                        report_images=0 if reused and num_val * len(data.classes) <= MAX_SAVED_LOGITS
+                        else (num_val or data.num_train))
     scheduler = build_scheduler(optimizer, cfg.train, len(train_loader), budget)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -279,7 +294,7 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
                                                       (image_size / side) ** 2)
         train_time = time.perf_counter() - start
         val_loss = val_acc = float("nan")
-        outputs: dict[str, torch.Tensor] = {}
+        outputs: dict[str, Any] = {}
         out_of_time = budget.spent()
         every, last = cfg.train.val_every, epoch + 1 == cfg.train.epochs or out_of_time
         scheduled = every > 0 and (epoch + 1) % every == 0
@@ -287,8 +302,10 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
             scheduled = False  # it would eat into the final validation's time: train on, validate at the end
         validated = val_loader is not None and (last or scheduled)
         if validated:
-            val_loss, val_acc, outputs = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg, dev,
-                                                        info)
+            val_loss, val_acc, logits, labels = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg,
+                                                               dev, info)
+            if info.is_main:
+                outputs = saved_outputs(val_loader, logits, labels, val_digest)
             if not out_of_time and budget.spent():  # it took longer than estimated: let it be the final one
                 out_of_time = True
         scheduler.epoch_end(val_acc)

@@ -32,8 +32,8 @@ def build_report(run: Path, data: str | None = None, split: str = "val", out: Pa
     run_dir = run.parent if run.is_file() else run
     loaded = load_model(run, device)
     ev = eval_data(loaded, data, split)
-    # The run's own validation split: the final validation's outputs, saved with the weights, are reused.
-    saved = saved_probabilities(loaded, ev.labels) if data is None and split == "val" else None
+    # The run's own validation split: the outputs of the validation that made best.pt, saved in it, are reused.
+    saved = saved_probabilities(loaded, ev) if data is None and split == "val" else None
     probs = saved if saved is not None else probabilities(loaded, ev.loader)
     metrics = classification_metrics(probs, ev.labels, loaded.classes)
     run_config = read_json(run_dir / "config.json") or {}
