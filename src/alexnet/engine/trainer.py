@@ -156,14 +156,6 @@ def validate_epoch(model: nn.Module, loader: BatchLoader, cfg: RunConfig, device
 MAX_SAVED_LOGITS = 2 ** 21
 
 
-def saved_outputs(loader: Any, logits: torch.Tensor, labels: torch.Tensor, digest: str | None) -> dict[str, Any]:
-    """What best.pt keeps of a validation, so the report need not evaluate the split again: the logits, the
-    labels and a digest of the images, for in-memory splits of modest size; nothing otherwise."""
-    if digest is None or not isinstance(loader, BatchLoader) or logits.numel() > MAX_SAVED_LOGITS:
-        return {}
-    return {"val_logits": logits, "val_labels": labels, "val_digest": digest}
-
-
 def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState, cfg: RunConfig,
                      meta: dict[str, Any], full: bool, ema: EMA | None = None,
                      scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
@@ -250,12 +242,12 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     views = tta_views(cfg.train.tta, cfg.train.tta_shift)
     # The report reuses the outputs of the validation that made best.pt (saved in it) for an in-memory split;
     # without a validation split it evaluates the training split.
-    reused = info.is_main and isinstance(val_loader, BatchLoader)
-    val_digest = images_digest(val_loader.images) if reused else None
+    reused = (info.is_main and isinstance(val_loader, BatchLoader)
+              and num_val * len(data.classes) <= MAX_SAVED_LOGITS)
+    val_digest = images_digest(val_loader.images) if reused else None  # ties the saved outputs to the images
     budget = TimeBudget(cfg.train.time_limit, started_at, val_images=num_val, views=views,
                         report=cfg.train.report and info.is_main,
-                        report_images=0 if reused and num_val * len(data.classes) <= MAX_SAVED_LOGITS
-                        else (num_val or data.num_train))
+                        report_images=0 if reused else (num_val or data.num_train))
     scheduler = build_scheduler(optimizer, cfg.train, len(train_loader), budget)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -304,8 +296,8 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         if validated:
             val_loss, val_acc, logits, labels = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg,
                                                                dev, info)
-            if info.is_main:
-                outputs = saved_outputs(val_loader, logits, labels, val_digest)
+            if reused:
+                outputs = {"val_logits": logits, "val_labels": labels, "val_digest": val_digest}
             if not out_of_time and budget.spent():  # it took longer than estimated: let it be the final one
                 out_of_time = True
         scheduler.epoch_end(val_acc)
