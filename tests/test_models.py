@@ -270,3 +270,23 @@ def test_dirac_init_makes_each_conv_pass_its_first_input_channels_through():
     x = torch.randn(2, 8, 8, 8)
     with torch.no_grad():
         assert not torch.allclose(layer(create_model("alexnet-cifar", **kw), "features.conv2")(x), x, atol=1e-3)
+
+
+@pytest.mark.parametrize("preset", ["cifar10-fast", "cifar10", "cifar10-best"])
+def test_cifar_presets_train_an_alexnet_family_network(preset):
+    # Issue 7's rule for the CIFAR recipes: five convolutions, then fully connected layers; ReLU, max pooling,
+    # batch norm allowed; nothing that adds a layer's input to its output. A preset that drifted from it would
+    # still train, so check the network the preset actually builds.
+    from alexnet.config import preset_config
+
+    cfg = preset_config(preset)
+    model = create_model(cfg.model.name, num_classes=10, image_size=32, **cfg.model.options())
+    kinds = {type(m) for m in model.modules() if not list(m.children())}
+    assert kinds <= {nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+                     nn.Dropout, nn.Linear}
+    convs = [m for m in model.features.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 5 and not any(isinstance(m, nn.Linear) for m in model.features.modules())
+    assert [c.out_channels for c in convs] == list(cfg.model.widths)
+    # a plain stack: the output is a function of the last conv's map alone (no path around it)
+    assert isinstance(model.features, nn.Sequential) and isinstance(model.classifier, nn.Sequential)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
