@@ -49,7 +49,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
                           cwd=cwd, env=full_env, timeout=600)
 
 
-TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "16", "--lr", "0.05", "--quiet"]
+# The default recipe but unwhitened: the fixture's 108 flat-coloured training images make a near-singular patch
+# covariance, and with the default network's conv4/conv5 on 4x4 maps, seed 0 then stays at chance for 2-3 epochs
+# (seeds 1 and 2 learn; unwhitened, all do). What these runs feed is evaluate/predict/report, not the recipe.
+TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "16", "--lr", "0.05", "--no-whiten", "--quiet"]
 
 
 @pytest.fixture(scope="session")
