@@ -48,16 +48,12 @@ def preset_case(preset: str) -> dict:
 
 # name -> how to build it. `upsample_from`: the recipe trains on 32 px data resized on the device.
 CASES: dict[str, dict] = {
-    # The three CIFAR presets' networks as committed; then earlier networks, kept for comparison: cifar10-best's
-    # under its older name; the full-width, 32- and 16-wide nets with the paper's pooling (cifar10-best,
-    # cifar10 and cifar10-fast before they moved on); then the 227 px paper networks.
+    # The three CIFAR presets' networks as committed (cifar10-best@32 was alexnet-cifar-best@32 in earlier
+    # results); then earlier networks, kept for comparison: the full-width, 32- and 16-wide nets with the
+    # paper's pooling (cifar10-best, cifar10 and cifar10-fast before they moved on); the 227 px paper networks.
     "cifar10-fast@32": preset_case("cifar10-fast"),
     "cifar10@32": preset_case("cifar10"),
     "cifar10-best@32": preset_case("cifar10-best"),
-    "alexnet-cifar-best@32": {"model": "alexnet-cifar",
-                              "options": {"widths": (64, 64, 256, 256, 256), "pools": (2, 3, 4), "global_pool": True,
-                                          "hidden": 0, "dropout": 0.0, "pool_first": True},
-                              "image_size": 32, "batch": 256},
     "alexnet-cifar@32": {"model": "alexnet-cifar", "options": {"hidden": 0, "dropout": 0.0, "pool_first": True},
                          "image_size": 32, "batch": 256},
     "alexnet-cifar-32w@32": {"model": "alexnet-cifar",

@@ -368,14 +368,14 @@ def merge(args: argparse.Namespace) -> int:
                 raise SystemExit(f"--merge: {r['preset']} seed {r['seed']} is in both {seen[key]} and {path}; "
                                  "leave one of them out")
             seen[key] = path
-            # A file that is itself a merge keeps each run's own source and matmul rate.
-            runs.append({"source": path, "matmul": doc["matmul"], **r} if isinstance(doc["matmul"], list)
-                        else {**r, "source": path, "matmul": doc["matmul"]})
+            # A run from a file that is itself a merge already carries its own source and matmul rate.
+            runs.append({"source": path, "matmul": doc["matmul"], **r})
     presets = args.presets or list(dict.fromkeys(r["preset"] for r in runs))
     targets = args.targets or sorted({t for doc in args.merged for t in doc.get("targets_pct", [])})
     for r in runs:  # targets the original run did not ask for come from its curve
         if "error" not in r:
             r["time_to_target_s"] = {f"{t:g}": time_to_target(r["curve"], t) for t in targets}
+    # One rate per file, or the rates a merged file already lists.
     matmuls = [m for doc in args.merged for m in (doc["matmul"] if isinstance(doc["matmul"], list) else [doc["matmul"]])]
     summary = summarize(runs, presets, targets)
     print(format_table(summary, matmuls, targets))
