@@ -60,6 +60,8 @@ def test_option_the_model_does_not_have_raises_alexnet_error():
         ("alexnet-cifar", {"global_pool": 1}, "global_pool"),
         ("alexnet-cifar", {"pools": (1, 6)}, "pools"),
         ("alexnet-cifar", {"pools": (2, 2)}, "pools"),
+        ("alexnet-cifar", {"pool_size": 4}, "pool_size"),
+        ("alexnet-cifar", {"pool_size": True}, "pool_size"),
         ("alexnet-cifar", {"init": "paper"}, "init"),
         ("alexnet-cifar", {"pools": (1, 2, 3, 4, 5), "image_size": 16}, "image_size"),
         ("alexnet-cifar", {"dropout": -0.1}, "dropout"),
@@ -254,6 +256,23 @@ def test_pools_choose_which_convolutions_halve_the_map_and_global_pool_leaves_on
     conv5_map = model.features(x)
     assert torch.equal(pooled.features(x).flatten(1), conv5_map.amax(dim=(2, 3)))
     assert pooled(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("image_size", [32, 36, 40])
+def test_overlapping_pools_halve_the_map_as_2x2_pools_do_and_see_the_neighbouring_row(image_size):
+    kw = dict(num_classes=10, image_size=image_size, widths=(8, 8, 16, 16, 24), hidden=0, dropout=0.0,
+              pools=(1, 2, 3))
+    model = create_model("alexnet-cifar", pool_size=3, **kw)
+    pool = layer(model, "features.pool1")
+    assert (pool.kernel_size, pool.stride, pool.padding) == (3, 2, 1)
+    x = torch.randn(2, 3, image_size, image_size)
+    side = model.features(x).shape[-1]
+    assert layer(model, "classifier.fc8").in_features == 24 * side * side and model(x).shape == (2, 10)
+    # A lone peak on an odd row and column reaches two outputs in each direction (windows overlap),
+    # where a 2x2 pool passes it to one.
+    peak = torch.zeros(1, 1, 8, 8)
+    peak[0, 0, 3, 3] = 1.0
+    assert int(pool(peak).sum()) == 4 and int(torch.nn.MaxPool2d(2)(peak).sum()) == 1
 
 
 def test_dirac_init_makes_each_conv_pass_its_first_input_channels_through():

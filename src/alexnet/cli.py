@@ -40,6 +40,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="alexnet-cifar: max-pool before batch norm and ReLU (faster)")
     p.add_argument("--pools", type=pools, metavar="I,J,...",
                    help="alexnet-cifar: the convolutions followed by a 2x2 max-pool (default 1,2,5)")
+    p.add_argument("--pool-size", type=int, choices=[2, 3],
+                   help="alexnet-cifar: max-pool window, 2 (default) or 3 (the paper's overlapping 3x3, stride 2)")
     p.add_argument("--global-pool", action=argparse.BooleanOptionalAction,
                    help="alexnet-cifar: max-pool conv5's whole map before the classifier")
 
@@ -48,7 +50,7 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The model options given on the command line (None: not given)."""
     return {"norm": args.norm, "groups": args.groups, "init": args.init, "widths": args.widths,
             "hidden": args.hidden, "pool_first": args.pool_first, "pools": args.pools,
-            "global_pool": args.global_pool}
+            "pool_size": args.pool_size, "global_pool": args.global_pool}
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:

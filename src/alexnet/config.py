@@ -39,6 +39,7 @@ class ModelConfig:
     hidden: int | None = None
     pool_first: bool | None = None
     pools: tuple[int, ...] | None = None
+    pool_size: int | None = None
     global_pool: bool | None = None
 
     def options(self) -> dict[str, Any]:

@@ -5,9 +5,9 @@ conv1, conv2 and conv5, dropout in the hidden FC layers), resized for small imag
 - every convolution is 3x3 with padding 1: an 11x11 stride-4 first layer would leave a
   32-pixel image with 6x6 maps before any pooling;
 - BatchNorm2d replaces LRN (it trains faster and lets a high learning rate work);
-- pooling is non-overlapping MaxPool2d(2), so the map halves exactly 32 -> 16 -> 8 -> 4 and
-  any multiple of 8 keeps whole maps; the paper's overlapping 3/2 pool would need padding 1
-  (and its edge effects) to give the same sizes, so the simpler 2x2 pool is used.
+- pooling is non-overlapping MaxPool2d(2) by default, so the map halves exactly 32 -> 16 -> 8 -> 4
+  and any multiple of 8 keeps whole maps; pool_size=3 is the paper's overlapping pooling (3x3 windows,
+  stride 2), padded by 1 so that it halves the map the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .registry import register_model
 
 NORMS = ("batchnorm", "none")
 INITS = ("default", "dirac")
+POOL_SIZES = (2, 3)  # max-pool window: 2 (non-overlapping) or 3 (overlapping, stride 2, as in the paper)
 PAPER_POOLS = (1, 2, 5)  # convolutions followed by a 2x2 max-pool, as conv1, conv2, conv5 in the paper
 
 
@@ -44,7 +45,7 @@ def _check_pools(pools: Any, image_size: int) -> tuple[int, ...]:
 
 
 def _check_options(widths: Any, hidden: Any, dropout: Any, norm: Any, pool_first: Any,
-                   global_pool: Any, init: Any) -> tuple[int, ...]:
+                   global_pool: Any, init: Any, pool_size: Any) -> tuple[int, ...]:
     if (
         not isinstance(widths, (tuple, list))
         or len(widths) != 5
@@ -61,6 +62,9 @@ def _check_options(widths: Any, hidden: Any, dropout: Any, norm: Any, pool_first
         raise AlexnetError(f"alexnet-cifar option dropout must be a number in [0, 1); got {dropout!r}")
     if norm not in NORMS:
         raise AlexnetError(f"alexnet-cifar option norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    if isinstance(pool_size, bool) or pool_size not in POOL_SIZES:
+        raise AlexnetError(f"alexnet-cifar option pool_size must be 2 (2x2 windows) or 3 (the paper's overlapping "
+                           f"3x3 windows); got {pool_size!r}")
     if init not in INITS:
         raise AlexnetError(f"alexnet-cifar option init must be one of {', '.join(INITS)}; got {init!r}")
     return tuple(widths)
@@ -76,7 +80,13 @@ def _init_dirac(features: nn.Sequential) -> None:
                 nn.init.dirac_(module.weight[: min(module.in_channels, module.out_channels)])
 
 
-def _features(widths: tuple[int, ...], norm: str, pool_first: bool, pools: tuple[int, ...]) -> nn.Sequential:
+def _pool(size: int) -> nn.MaxPool2d:
+    """A max-pool that halves the side: 2x2 windows, or 3x3 windows overlapping by one pixel (the paper's)."""
+    return nn.MaxPool2d(2) if size == 2 else nn.MaxPool2d(3, stride=2, padding=1)
+
+
+def _features(widths: tuple[int, ...], norm: str, pool_first: bool, pools: tuple[int, ...], pool_size: int
+              ) -> nn.Sequential:
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     in_channels = 3
     for i, out_channels in enumerate(widths, start=1):
@@ -85,12 +95,12 @@ def _features(widths: tuple[int, ...], norm: str, pool_first: bool, pools: tuple
         # A bias before BatchNorm is cancelled by its mean subtraction, so leave it out.
         layers[f"conv{i}"] = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batchnorm)
         if pooled and pool_first:
-            layers[f"pool{i}"] = nn.MaxPool2d(2)
+            layers[f"pool{i}"] = _pool(pool_size)
         if batchnorm:
             layers[f"bn{i}"] = nn.BatchNorm2d(out_channels)
         layers[f"relu{i}"] = nn.ReLU()
         if pooled and not pool_first:
-            layers[f"pool{i}"] = nn.MaxPool2d(2)
+            layers[f"pool{i}"] = _pool(pool_size)
         in_channels = out_channels
     return nn.Sequential(layers)
 
@@ -115,6 +125,7 @@ def alexnet_cifar(
     norm: str = "batchnorm",
     pool_first: bool = False,
     pools: tuple[int, ...] = PAPER_POOLS,
+    pool_size: int = 2,
     global_pool: bool = False,
     init: str = "default",
 ) -> AlexNet:
@@ -129,16 +140,20 @@ def alexnet_cifar(
     the BN and ReLU passes (memory-bound on a CPU) see a quarter of the pixels: 12% more training
     images/s for the narrow CIFAR net on the 2-core box (benchmarks/NOTES.md).
     pools: the convolutions followed by a 2x2 max-pool (the paper's 1, 2, 5; e.g. 2, 3, 4 keeps conv1 and
-    conv2 at full resolution). global_pool: max-pool conv5's whole remaining map to one value per channel
+    conv2 at full resolution). pool_size: 2 (2x2 windows) or 3 (the paper's overlapping 3x3 windows,
+    stride 2, padding 1: the same map sides, each window sharing a row or column with its neighbours).
+    global_pool: max-pool conv5's whole remaining map to one value per channel
     before the classifier (the fast CIFAR records' head: widths[-1] features instead of a flattened map).
     init: 'default' (torch's) or 'dirac' (identity filters first, see `_init_dirac`).
     """
-    widths = _check_options(widths, hidden, dropout, norm, pool_first, global_pool, init)
+    widths = _check_options(widths, hidden, dropout, norm, pool_first, global_pool, init, pool_size)
     pools = _check_pools(pools, image_size)
-    features = _features(widths, norm, pool_first, pools)
+    features = _features(widths, norm, pool_first, pools, pool_size)
     if init == "dirac":
         _init_dirac(features)
-    side = image_size // 2 ** len(pools)  # each MaxPool2d(2) floors the side to half
+    side = image_size
+    for _ in pools:  # a 2x2 pool floors the side to half; 3x3 windows with stride 2 and padding 1 round up
+        side = side // 2 if pool_size == 2 else (side + 1) // 2
     if global_pool:
         features.add_module("pool_global", nn.AdaptiveMaxPool2d(1))
         side = 1
