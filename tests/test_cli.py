@@ -102,7 +102,7 @@ def test_info_prints_keras_style_summary_with_paper_parameter_counts():
 
 
 def test_a_run_with_a_custom_pooling_layout_reloads_for_evaluation(tiny_folder, tmp_path):
-    # --pools, --global-pool and --init are saved in the run's config and rebuilt by evaluate from the
+    # --pools, --pool-size, --global-pool and --init are saved in the run's config and rebuilt by evaluate from the
     # checkpoint; airbench's batch-norm settings leave every saved batch-norm scale at 1.
     run = tmp_path / "pooled"
     flags = ["--widths", "8,8,16,16,16", "--hidden", "0", "--pools", "2,3,4", "--pool-size", "3", "--global-pool"]

@@ -39,7 +39,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-first", action=argparse.BooleanOptionalAction,
                    help="alexnet-cifar: max-pool before batch norm and ReLU (faster)")
     p.add_argument("--pools", type=pools, metavar="I,J,...",
-                   help="alexnet-cifar: the convolutions followed by a 2x2 max-pool (default 1,2,5)")
+                   help="alexnet-cifar: the convolutions followed by a max-pool (default 1,2,5)")
     p.add_argument("--pool-size", type=int, choices=[2, 3],
                    help="alexnet-cifar: max-pool window, 2 (default) or 3 (the paper's overlapping 3x3, stride 2)")
     p.add_argument("--global-pool", action=argparse.BooleanOptionalAction,

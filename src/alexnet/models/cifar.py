@@ -85,6 +85,11 @@ def _pool(size: int) -> nn.MaxPool2d:
     return nn.MaxPool2d(2) if size == 2 else nn.MaxPool2d(3, stride=2, padding=1)
 
 
+def _pooled_side(side: int, size: int) -> int:
+    """The side `_pool(size)` leaves: 2x2 windows floor the half, 3x3 ones (stride 2, padding 1) round it up."""
+    return side // 2 if size == 2 else (side + 1) // 2
+
+
 def _features(widths: tuple[int, ...], norm: str, pool_first: bool, pools: tuple[int, ...], pool_size: int
               ) -> nn.Sequential:
     layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -139,7 +144,7 @@ def alexnet_cifar(
     monotone, so pooling first selects the same maxima whenever a channel's BN scale is positive, and
     the BN and ReLU passes (memory-bound on a CPU) see a quarter of the pixels: 12% more training
     images/s for the narrow CIFAR net on the 2-core box (benchmarks/NOTES.md).
-    pools: the convolutions followed by a 2x2 max-pool (the paper's 1, 2, 5; e.g. 2, 3, 4 keeps conv1 and
+    pools: the convolutions followed by a max-pool (the paper's 1, 2, 5; e.g. 2, 3, 4 keeps conv1 and
     conv2 at full resolution). pool_size: 2 (2x2 windows) or 3 (the paper's overlapping 3x3 windows,
     stride 2, padding 1: the same map sides, each window sharing a row or column with its neighbours).
     global_pool: max-pool conv5's whole remaining map to one value per channel
@@ -152,8 +157,8 @@ def alexnet_cifar(
     if init == "dirac":
         _init_dirac(features)
     side = image_size
-    for _ in pools:  # a 2x2 pool floors the side to half; 3x3 windows with stride 2 and padding 1 round up
-        side = side // 2 if pool_size == 2 else (side + 1) // 2
+    for _ in pools:
+        side = _pooled_side(side, pool_size)
     if global_pool:
         features.add_module("pool_global", nn.AdaptiveMaxPool2d(1))
         side = 1
