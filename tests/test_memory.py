@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.data.memory import (BatchLoader, Normalizer, channel_stats, random_crop, random_flip,
+from alexnet.data.memory import (BatchLoader, Normalizer, channel_stats, prefetch, random_crop, random_flip,
                                  stratified_split, to_device_tensor, translate)
 
 
@@ -152,3 +152,26 @@ def test_cutout_off_keeps_the_batches_of_a_run_without_it():
     for (xa, ya), (xb, yb) in zip(make_loader(True), with_cut):
         assert torch.equal(ya, yb)  # same order, crops and flips: the squares have their own random stream
         assert not torch.equal(xa, xb) and (xa != xb).any(1).sum() <= 9 * len(xa)
+
+
+def test_prefetch_yields_every_batch_in_order_and_hands_on_the_producers_error():
+    assert list(prefetch(iter(range(10)))) == list(range(10))
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    it = prefetch(failing())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="bad batch"):
+        next(it)
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_leaves_early():
+    import threading
+
+    before = threading.active_count()
+    it = prefetch(iter(range(1000)))
+    assert next(it) == 0
+    it.close()  # the consumer breaks out of its loop: the producer must not stay blocked on a full queue
+    assert threading.active_count() == before
