@@ -1,8 +1,8 @@
 """Small datasets held in memory as one uint8 tensor and augmented a whole batch at a time.
 
 As in airbench: decoding happens once; each batch is gathered, cropped, flipped, normalised and
-resized with a handful of vectorised tensor ops on the training device, and a background thread
-prepares the next batch while the current one trains.
+resized with a handful of vectorised tensor ops on the training device. On a GPU a background thread
+(`prefetch`) prepares the next batch while the current one trains; on a CPU the trainer makes it inline.
 """
 
 from __future__ import annotations
