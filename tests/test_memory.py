@@ -175,3 +175,9 @@ def test_prefetch_stops_its_thread_when_the_consumer_leaves_early():
     assert next(it) == 0
     it.close()  # the consumer breaks out of its loop: the producer must not stay blocked on a full queue
     assert threading.active_count() == before
+
+
+def test_prefetch_on_a_cpu_hands_the_batches_back_without_a_thread():
+    batches = iter(range(3))
+    assert prefetch(batches, torch.device("cpu")) is batches
+    assert list(prefetch(iter(range(3)), torch.device("cuda"))) == [0, 1, 2]  # a GPU gets the thread

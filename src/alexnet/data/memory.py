@@ -2,7 +2,7 @@
 
 As in airbench: decoding happens once; each batch is gathered, cropped, flipped, normalised and
 resized with a handful of vectorised tensor ops on the training device. On a GPU a background thread
-(`prefetch`) prepares the next batch while the current one trains; on a CPU the trainer makes it inline.
+(`prefetch`) prepares the next batch while the current one trains; on a CPU it is made inline.
 """
 
 from __future__ import annotations
@@ -236,8 +236,17 @@ class BatchLoader:
             yield self.normalize(x, self.size if self.train else None), self.labels[b]
 
 
-def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
-    """Run `batches` in a background thread, `depth` items ahead (tensor ops release the GIL)."""
+def prefetch(batches: Iterator, device: torch.device | None = None, depth: int = 2) -> Iterator:
+    """Run `batches` in a background thread, `depth` items ahead (tensor ops release the GIL), so the host
+    prepares the next batch while a GPU computes. For a CPU `device` the batches come back as they are: the
+    thread's tensor ops would run a second OpenMP team on the cores the training step already fills
+    (4-6% fewer images/s on the 2-core box, benchmarks/NOTES.md)."""
+    if device is not None and device.type == "cpu":
+        return batches
+    return _threaded(batches, depth)
+
+
+def _threaded(batches: Iterator, depth: int) -> Iterator:
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
