@@ -73,3 +73,12 @@ def test_new_model_and_validation_options_resolve_and_are_checked():
     for flags, message in ((("--val-every", "-1"), "--val-every"), (("--tta-shift", "9"), "--tta-shift")):
         with pytest.raises(AlexnetError, match=message):
             resolve(*flags)
+
+
+def test_optimizer_flags_resolve_and_are_checked():
+    cfg = resolve("--optimizer", "muon", "--muon-lr", "0.1", "--muon-momentum", "0.8")
+    assert (cfg.train.optimizer, cfg.train.muon_lr, cfg.train.muon_momentum) == ("muon", 0.1, 0.8)
+    assert resolve().train.optimizer in ("sgd", "muon")
+    for flags, message in ((("--muon-lr", "0"), "--muon-lr"), (("--muon-momentum", "1"), "--muon-momentum")):
+        with pytest.raises(AlexnetError, match=message):
+            resolve(*flags)

@@ -52,3 +52,94 @@ def test_frozen_norm_scales_stay_at_one_and_norm_biases_get_the_scaled_rate():
     # first Nesterov SGD step: -lr * (1 + momentum) * grad for an undecayed-at-zero bias
     assert torch.allclose(model[1].bias, -6.4 * 1.9 * grad, atol=1e-6)
     assert torch.equal(model[1].weight, torch.ones(4))
+
+
+def test_muon_sgd_groups_match_torch_sgd_exactly():
+    from alexnet.engine.optim import MuonSGD
+
+    torch.manual_seed(0)
+    ours = torch.nn.Linear(4, 5)
+    ref = torch.nn.Linear(4, 5)
+    ref.load_state_dict(ours.state_dict())
+
+    def groups(m):
+        return [{"params": [m.weight], "weight_decay": 1e-2}, {"params": [m.bias], "weight_decay": 0.0}]
+
+    opts = [MuonSGD(groups(ours), lr=0.1, momentum=0.9, nesterov=True),
+            torch.optim.SGD(groups(ref), lr=0.1, momentum=0.9, nesterov=True)]
+    for _ in range(4):
+        x = torch.randn(3, 4)
+        for model, opt in zip((ours, ref), opts):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    assert torch.equal(ours.weight, ref.weight) and torch.equal(ours.bias, ref.bias)
+
+
+def test_orthogonalise_moves_every_singular_value_near_one():
+    from alexnet.engine.optim import orthogonalise
+
+    torch.manual_seed(0)
+    for shape in [(48, 216), (216, 48)]:
+        g = torch.randn(*shape) * torch.logspace(-1, 1, shape[1])  # columns scaled over a factor of 100
+        values = torch.linalg.svdvals(orthogonalise(g, steps=5))
+        assert values.min() > 0.6 and values.max() < 1.3, shape
+
+
+def test_muon_steps_conv_filters_after_the_first_at_fixed_norm():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 6, 3, bias=False), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(6 * 2 * 2, 3))
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=0.1, muon_lr=0.05, weight_decay=1e-3))
+    muon = [g for g in opt.param_groups if g["muon"]]
+    assert len(muon) == 1 and muon[0]["params"] == [model[3].weight]
+    assert muon[0]["lr"] == 0.05 and muon[0]["weight_decay"] == 0
+    sgd_params = [p for g in opt.param_groups if not g["muon"] for p in g["params"]]
+    assert any(p is model[0].weight for p in sgd_params) and any(p is model[7].weight for p in sgd_params)
+    before = model[3].weight.detach().clone()
+    model(torch.randn(8, 3, 6, 6)).logsumexp(1).mean().backward()
+    opt.step()
+    after = model[3].weight.detach()
+    assert torch.linalg.norm(after) == pytest.approx(6 ** 0.5, rel=0.1)  # rescaled to sqrt(out), then stepped
+    step = after - before * 6 ** 0.5 / torch.linalg.norm(before)
+    # the step is 0.05 x an orthogonalised (6 x 36) matrix, whatever the gradient's scale: singular values near 0.05
+    values = torch.linalg.svdvals(step.reshape(6, -1))
+    assert values.min() > 0.05 * 0.6 and values.max() < 0.05 * 1.3
+
+
+def test_muon_refuses_convolutions_without_batch_norm():
+    from alexnet.errors import AlexnetError
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 3))
+    with pytest.raises(AlexnetError, match="--optimizer muon needs batch norm"):
+        build_optimizer(model, TrainConfig(optimizer="muon"))
+
+
+def test_muon_state_round_trips_so_a_resumed_run_continues_identically():
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4),
+                                    torch.nn.Conv2d(4, 4, 3, bias=False), torch.nn.BatchNorm2d(4),
+                                    torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 2))
+        return model, build_optimizer(model, TrainConfig(optimizer="muon", muon_lr=0.05))
+
+    def steps(model, opt, n, seed):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            opt.zero_grad()
+            model(torch.randn(4, 3, 6, 6, generator=gen)).logsumexp(1).mean().backward()
+            opt.step()
+
+    straight, opt = make()
+    steps(straight, opt, 2, 1)
+    steps(straight, opt, 2, 2)
+    first, opt1 = make()
+    steps(first, opt1, 2, 1)
+    resumed, opt2 = make()
+    resumed.load_state_dict(first.state_dict())
+    opt2.load_state_dict(opt1.state_dict())
+    steps(resumed, opt2, 2, 2)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

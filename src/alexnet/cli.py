@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--weight-decay", type=float)
+    t.add_argument("--optimizer", choices=["sgd", "muon"],
+                   help="sgd (Nesterov momentum) | muon: conv filters after the first take Muon's orthogonalised steps")
+    t.add_argument("--muon-lr", type=float, help="Muon's peak learning rate (default 0.24)")
+    t.add_argument("--muon-momentum", type=float, help="Muon's momentum (default 0.6)")
     t.add_argument("--label-smoothing", type=float)
     t.add_argument("--warmup-epochs", type=float)
     t.add_argument("--schedule", choices=["linear", "cosine", "plateau"], help="learning-rate decay")
@@ -171,6 +175,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "model": {"name": args.model, "dropout": args.dropout, **model_options(args)},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                   "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
+                  "optimizer": args.optimizer, "muon_lr": args.muon_lr, "muon_momentum": args.muon_momentum,
                   "warmup_epochs": args.warmup_epochs, "schedule": args.schedule, "seed": args.seed, "device": args.device,
                   "amp": args.amp, "compile": args.compile,
                   "accum_steps": args.accum_steps, "ema": args.ema,

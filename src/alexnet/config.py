@@ -55,6 +55,9 @@ class TrainConfig:
     lr: float = 0.2  # peak learning rate (after warm-up) for batch_size images
     momentum: float = 0.9
     nesterov: bool = True
+    optimizer: str = "sgd"  # sgd | muon (conv filters after the first take orthogonalised Muon steps, the rest SGD)
+    muon_lr: float = 0.24  # Muon's peak rate (airbench94_muon), decayed on the same schedule as --lr
+    muon_momentum: float = 0.6  # Muon's (Nesterov) momentum
     weight_decay: float = 5e-4  # applied to conv/linear weights only, not to biases or norm scales
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
@@ -223,6 +226,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.batch_size >= 1, "--batch-size must be >= 1"),
         (t.lr > 0, "--lr must be > 0"),
         (0 <= t.momentum < 1, "--momentum must be in [0, 1)"),
+        (t.optimizer in ("sgd", "muon"), "--optimizer must be sgd or muon"),
+        (t.muon_lr > 0, "--muon-lr must be > 0"),
+        (0 <= t.muon_momentum < 1, "--muon-momentum must be in [0, 1)"),
         (t.weight_decay >= 0, "--weight-decay must be >= 0"),
         (0 <= t.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
         (0 <= t.ema < 1, "--ema must be in [0, 1)"),
