@@ -143,3 +143,21 @@ def test_muon_state_round_trips_so_a_resumed_run_continues_identically():
     steps(resumed, opt2, 2, 2)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_orthogonalise_on_the_gram_matrix_equals_iterating_on_the_matrix_itself():
+    from alexnet.engine.optim import orthogonalise
+
+    def direct(g, steps):  # Muon's iteration written out on X
+        x = g / (g.norm() + 1e-7)
+        tall = x.size(0) > x.size(1)
+        x = x.T if tall else x
+        for _ in range(steps):
+            gram = x @ x.T
+            x = 3.4445 * x + (-4.7750 * gram + 2.0315 * gram @ gram) @ x
+        return x.T if tall else x
+
+    torch.manual_seed(0)
+    for shape, steps in [((24, 216), 3), ((216, 24), 3), ((16, 40), 1), ((16, 40), 5)]:
+        g = torch.randn(*shape, dtype=torch.float64)
+        assert torch.allclose(orthogonalise(g, steps), direct(g, steps), atol=1e-10), (shape, steps)

@@ -56,21 +56,24 @@ def orthogonalise(g: torch.Tensor, steps: int = 3) -> torch.Tensor:
     Newton-Schulz iteration (Muon's; its coefficients trade exactness for speed, so singular values land
     roughly in [0.7, 1.2], which is all the step needs).
 
-    Each iteration maps X to p(X X^T) X for a polynomial p, so the result is P(G) X for G = X X^T on the
-    shorter side: the iteration runs on that small Gram matrix (P stays a polynomial in G, so it commutes
-    with it) and X is multiplied once at the end. For conv5's 192 x 1728 filters that halves the work of
-    iterating on X itself (the same result to ~1e-6)."""
+    Each iteration maps X to p(X X^T) X for a polynomial p, so the result is P X with P a polynomial in
+    Y = X X^T, the Gram matrix on the shorter side: the iteration runs on Y (all these matrices commute)
+    and X is multiplied once at the end, 9 small products for 3 steps. For conv5's 192 x 1728 filters that
+    is less than half the work of iterating on X itself, with the same result to ~1e-6."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g / (g.norm() + 1e-7)
     tall = x.size(0) > x.size(1)
     if tall:
         x = x.T
-    gram = x @ x.T
-    eye = torch.eye(gram.size(0), dtype=gram.dtype, device=gram.device)
-    poly = eye  # P(G), with X_k = P(G) X
-    for _ in range(steps):
-        current = poly @ gram @ poly  # X_k X_k^T
-        poly = (a * eye + b * current + c * current @ current) @ poly
+    y = x @ x.T  # X_k X_k^T, where X_k = P X
+    eye = torch.eye(y.size(0), dtype=y.dtype, device=y.device)
+    poly = None
+    for k in range(steps):
+        y2 = y @ y
+        step = a * eye + b * y + c * y2  # p(Y): X_{k+1} = p(Y) X_k
+        poly = step if poly is None else step @ poly
+        if k + 1 < steps:
+            y = step @ (a * y + b * y2 + c * (y2 @ y))  # p(Y) Y p(Y) = p(Y) (p(Y) Y)
     x = poly @ x
     return x.T if tall else x
 
