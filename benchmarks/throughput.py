@@ -1,7 +1,8 @@
 """Training and inference throughput (images/s) of each AlexNet variant, with achieved FLOP/s.
 
 For every case: build the model with `create_model` (10 classes), one fixed random batch, then
-  train: forward + cross-entropy + backward + SGD (Nesterov momentum) step, as `alexnet train` does;
+  train: forward + cross-entropy + backward + optimiser step (the preset's: SGD with Nesterov momentum, or
+         Muon on conv2-conv5 where the preset says `optimizer: muon`), as `alexnet train` does;
   infer: forward in eval mode under torch.no_grad();
 each timed as warm-up iterations then timed iterations, repeated --runs times, median kept.
 Each case runs in its own fresh subprocess (this script with --single CASE) so peak resident
@@ -43,7 +44,8 @@ from alexnet.config import PRESETS  # noqa: E402  (torch-free)
 def preset_case(preset: str) -> dict:
     """The network of a CIFAR preset, read from the preset itself so the two cannot drift apart."""
     model = dict(PRESETS[preset]["model"])
-    return {"model": model.pop("name"), "options": model, "image_size": 32, "batch": 256}
+    return {"model": model.pop("name"), "options": model, "image_size": 32, "batch": 256,
+            "optimizer": PRESETS[preset]["train"].get("optimizer", "sgd")}
 
 
 # name -> how to build it. `upsample_from`: the recipe trains on 32 px data resized on the device.
@@ -144,7 +146,8 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
     """Measure one case in this process; returns a JSON-able dict."""
     from alexnet.data.memory import Normalizer
     from alexnet.engine.device import tune_cpu_allocator
-    from alexnet.engine.optim import parameter_groups
+    from alexnet.config import TrainConfig
+    from alexnet.engine.optim import build_optimizer
     from alexnet.models import create_model
     from alexnet.summary import summarize
 
@@ -159,8 +162,10 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
     model = model.to(device=device, memory_format=memory_format)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    # The training recipe's optimiser: SGD, Nesterov momentum 0.9, weight decay on weights only.
-    optimizer = torch.optim.SGD(parameter_groups(model, 5e-4), lr=1e-3, momentum=0.9, nesterov=True)
+    # The training recipe's optimiser: SGD, Nesterov momentum 0.9, weight decay on weights only; or Muon's
+    # orthogonalised steps for the conv filters after the first, as the preset names.
+    optimizer_name = spec.get("optimizer", "sgd")
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-3, muon_lr=1e-3, weight_decay=5e-4, optimizer=optimizer_name))
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch,), device=device)
     last_loss = [float("nan")]
@@ -185,7 +190,8 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
 
     result = {
         "case": name, "model": spec["model"], "options": spec["options"], "image_size": size, "batch": batch,
-        "channels_last": channels_last, "params": summary.params, "macs_per_image": summary.macs,
+        "channels_last": channels_last, "optimizer": optimizer_name, "params": summary.params,
+        "macs_per_image": summary.macs,
         "train_img_s": batch / statistics.median(train_s), "train_img_s_runs": [batch / s for s in train_s],
         "infer_img_s": batch / statistics.median(infer_s), "infer_img_s_runs": [batch / s for s in infer_s],
         "final_train_loss": loss, "threads": torch.get_num_threads(), "malloc_tuned": malloc_tuned,

@@ -40,6 +40,18 @@ def test_throughput_case_runs_and_counts_flops(bench):
     assert case["train_frac_of_matmul"] == pytest.approx(case["train_gflops"] / 100.0)
 
 
+def test_throughput_steps_a_preset_network_with_the_presets_optimizer(bench):
+    tp = bench["throughput"]
+    import torch
+
+    from alexnet.config import PRESETS
+
+    case = tp.run_case("cifar10-fast@32", device=torch.device("cpu"), batch=2, runs=1, warmup=0, iters=1,
+                       channels_last=True)
+    assert case["optimizer"] == PRESETS["cifar10-fast"]["train"].get("optimizer", "sgd") == "muon"
+    assert case["train_img_s"] > 0
+
+
 def test_throughput_rejects_unknown_case(bench):
     with pytest.raises(SystemExit):
         bench["throughput"].parse_args(["--cases", "nope"])
