@@ -190,7 +190,7 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
 
     result = {
         "case": name, "model": spec["model"], "options": spec["options"], "image_size": size, "batch": batch,
-        "channels_last": channels_last, "optimizer": optimizer_name, "params": summary.params,
+        "channels_last": channels_last, "optimizer": type(optimizer).__name__, "params": summary.params,
         "macs_per_image": summary.macs,
         "train_img_s": batch / statistics.median(train_s), "train_img_s_runs": [batch / s for s in train_s],
         "infer_img_s": batch / statistics.median(infer_s), "infer_img_s_runs": [batch / s for s in infer_s],

@@ -78,7 +78,19 @@ def test_new_model_and_validation_options_resolve_and_are_checked():
 def test_optimizer_flags_resolve_and_are_checked():
     cfg = resolve("--optimizer", "muon", "--muon-lr", "0.1", "--muon-momentum", "0.8")
     assert (cfg.train.optimizer, cfg.train.muon_lr, cfg.train.muon_momentum) == ("muon", 0.1, 0.8)
-    assert resolve().train.optimizer in ("sgd", "muon")
+    assert resolve().train.optimizer == "muon"  # the default recipe (the cifar10 preset's) uses Muon
+    assert resolve("--preset", "cifar10").train.muon_lr == 0.1 and resolve("--preset", "cifar10-fast").train.muon_lr == 0.08
+    assert resolve("--preset", "cifar10-best").train.optimizer == "sgd"
     for flags, message in ((("--muon-lr", "0"), "--muon-lr"), (("--muon-momentum", "1"), "--muon-momentum")):
         with pytest.raises(AlexnetError, match=message):
             resolve(*flags)
+
+
+def test_a_network_without_batch_norm_falls_back_to_sgd_unless_muon_is_asked_for():
+    # Muon fixes each conv's filter scale, which only batch norm after the conv makes harmless.
+    assert resolve("--norm", "none").train.optimizer == "sgd"
+    assert resolve("--model", "alexnet").train.optimizer == "sgd"  # the paper's LRN
+    assert resolve("--model", "alexnet", "--norm", "batchnorm").train.optimizer == "muon"
+    assert resolve("--norm", "none", "--lr", "0.1").train.lr == 0.1  # the rest of the recipe stays
+    with pytest.raises(AlexnetError, match="--optimizer muon needs batch norm.*--norm batchnorm"):
+        resolve("--norm", "none", "--optimizer", "muon")
