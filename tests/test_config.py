@@ -80,7 +80,7 @@ def test_optimizer_flags_resolve_and_are_checked():
     assert (cfg.train.optimizer, cfg.train.muon_lr, cfg.train.muon_momentum) == ("muon", 0.1, 0.8)
     assert resolve().train.optimizer == "muon"  # the default recipe (the cifar10 preset's) uses Muon
     assert resolve("--preset", "cifar10").train.muon_lr == 0.1 and resolve("--preset", "cifar10-fast").train.muon_lr == 0.08
-    assert resolve("--preset", "cifar10-best").train.optimizer == "sgd"
+    assert resolve("--preset", "cifar10-best").train.optimizer == "muon"
     for flags, message in ((("--muon-lr", "0"), "--muon-lr"), (("--muon-momentum", "1"), "--muon-momentum")):
         with pytest.raises(AlexnetError, match=message):
             resolve(*flags)
