@@ -198,6 +198,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+MUON_NEEDS_BATCH_NORM = ("--optimizer muon needs batch norm after every convolution (it fixes the filters' "
+                         "scale): add --norm batchnorm or use --optimizer sgd")
+
 # The built-in models' default normalisation (config stays torch-free, so it does not ask the registry).
 DEFAULT_NORMS = {"alexnet": "lrn", "alexnet-cifar": "batchnorm"}
 
@@ -252,9 +255,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.lr > 0, "--lr must be > 0"),
         (0 <= t.momentum < 1, "--momentum must be in [0, 1)"),
         (t.optimizer in ("sgd", "muon"), "--optimizer must be sgd or muon"),
-        (t.optimizer != "muon" or model_norm(cfg.model) in ("batchnorm", None),
-         "--optimizer muon needs batch norm after every convolution (it fixes the filters' scale): add "
-         "--norm batchnorm or use --optimizer sgd"),
+        (t.optimizer != "muon" or model_norm(cfg.model) in ("batchnorm", None), MUON_NEEDS_BATCH_NORM),
         (t.muon_lr > 0, "--muon-lr must be > 0"),
         (0 <= t.muon_momentum < 1, "--muon-momentum must be in [0, 1)"),
         (t.weight_decay >= 0, "--weight-decay must be >= 0"),

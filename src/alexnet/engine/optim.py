@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import MUON_NEEDS_BATCH_NORM, TrainConfig
 from ..errors import AlexnetError
 from .budget import TimeBudget
 
@@ -132,8 +132,7 @@ def muon_groups(model: nn.Module, groups: list[dict], cfg: TrainConfig) -> list[
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if len(norms) < len(convs):
-        raise AlexnetError("--optimizer muon needs batch norm after every convolution (it fixes the filters' "
-                           "scale); use --norm batchnorm or --optimizer sgd")
+        raise AlexnetError(MUON_NEEDS_BATCH_NORM)  # validate() checks the built-in models before any data is read
     towers: dict[int, list[nn.Parameter]] = {}
     for conv in convs[1:]:
         if conv.weight.requires_grad:
