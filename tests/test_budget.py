@@ -117,9 +117,10 @@ def test_time_limit_ends_a_run_early_with_a_validated_best_checkpoint(tiny_folde
                         **OPTIONS)
     history = json.loads((run / "history.json").read_text())
     assert 1 <= len(history) < 1000
-    # decayed by the clock (by steps, 1,000 epochs would still be at the peak 0.05); how close to 0 the
-    # last step gets depends on how long that step took, so the bound leaves room for a loaded machine
-    assert history[-1]["val_acc"] is not None and history[-1]["lr"] < 0.05 * 0.1
+    # decayed by the clock: by steps, a few of 1,000 epochs would still be at ~0.05 (> 0.0499). How close to 0
+    # the last step gets depends on how long that step took (it stops before a step that would cross the end),
+    # so the bound leaves room for a loaded machine: a CPU shared with a training run ended at 0.025.
+    assert history[-1]["val_acc"] is not None and history[-1]["lr"] < 0.05 * 0.8
     best = load_checkpoint(run / "best.pt")
     assert best["best_val_acc"] == max(h["val_acc"] for h in history if h["val_acc"] is not None)
     assert history[best["epoch"] - 1]["val_acc"] == best["best_val_acc"] and "val_logits" in best
