@@ -14,8 +14,13 @@ from ..errors import AlexnetError
 from .budget import TimeBudget
 
 
+def batch_norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def norm_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    """The batch norms with a learned scale and bias."""
+    return [m for m in batch_norms(model) if m.affine]
 
 
 @torch.no_grad()
@@ -130,8 +135,7 @@ def muon_groups(model: nn.Module, groups: list[dict], cfg: TrainConfig) -> list[
     of the SGD groups into Muon groups, one per conv `groups` value (a two-tower conv's towers are
     orthogonalised apart). Each such conv must feed a batch norm, which makes its scale free."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if len(norms) < len(convs):
+    if len(batch_norms(model)) < len(convs):  # an affine-free batch norm fixes the scale as well
         raise AlexnetError(MUON_NEEDS_BATCH_NORM)  # validate() checks the built-in models before any data is read
     towers: dict[int, list[nn.Parameter]] = {}
     for conv in convs[1:]:
