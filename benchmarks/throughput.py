@@ -39,6 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 from matmul import matmul_gflops  # noqa: E402
 
 from alexnet.config import PRESETS  # noqa: E402  (torch-free)
+from alexnet.engine.device import cpu_isa  # noqa: E402
 
 
 def preset_case(preset: str) -> dict:
@@ -97,9 +98,9 @@ def git_commit() -> str | None:
 
 
 def host_info(device: torch.device) -> dict:
-    info = {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "device": str(device)}
+    info = {"cpu_model": cpu_model(), "cpu_isa": cpu_isa(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -257,7 +258,7 @@ def format_table(cases: list[dict], matmul: dict, host: dict, settings: dict) ->
     header = line([name for name, _, _ in cols])
     rule = "-" * len(header)
     ref = matmul["reference"]
-    where = host.get("gpu") or host["cpu_model"]
+    where = host.get("gpu") or f"{host['cpu_model']}, {host.get('cpu_isa') or '?'}"
     notes = [
         f"device {host['device']} ({where}), {host['torch_threads']} torch threads, torch {host['torch']}; "
         f"median of {settings['runs']} run(s) x {settings['iters']} timed iterations after {settings['warmup']} "
@@ -346,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 3 if args.quick else 7
     # On CUDA the cases run under bf16 autocast, so bf16 matmul is their reference; fp32 is kept too.
     ref = "bf16" if device.type == "cuda" else "fp32"
-    print(f"{host.get('gpu') or host['cpu_model']}: {host['torch_threads']} threads, torch {host['torch']}",
+    print(f"{host.get('gpu') or host['cpu_model']} ({host['cpu_isa'] or '?'}): {host['torch_threads']} threads, "
+          f"torch {host['torch']}",
           flush=True)
     kinds = list(dict.fromkeys(("fp32", ref)))
     before = {d: matmul_gflops(n, repeats, device, d) for d in kinds}

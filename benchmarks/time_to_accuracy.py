@@ -390,26 +390,31 @@ def merge(args: argparse.Namespace) -> int:
         "presets": presets, "seeds": sorted({r["seed"] for r in runs}), "targets_pct": targets,
         "matmul": matmuls, "summary": summary, "runs": runs}, indent=2) + "\n")
     host = first.get("host") or {}
-    title = (f"{', '.join(presets)} on {Path(str(first.get('data'))).name}: {host.get('cpu_model', '?')}, "
-             f"{host.get('torch_threads', '?')} threads, fp32 matmul {mean_rate:.0f} GFLOP/s "
-             f"({len(args.merge)} result files)")
+    title = plot_title(presets, first.get("data"), host, mean_rate) + f" ({len(args.merge)} result files)"
     plot(runs, presets, targets, Path(args.png), title)
     print(f"\nwrote {out} and {args.png}")
     return 1 if any("error" in r for r in runs) else 0
+
+
+def plot_title(presets: list[str], data, host: dict, matmul_rate: float) -> str:
+    isa = f" ({host['cpu_isa']})" if host.get("cpu_isa") else ""  # result files before the field have none
+    return (f"{', '.join(presets)} on {Path(str(data)).name}: {host.get('cpu_model', '?')}{isa}, "
+            f"{host.get('torch_threads', '?')} threads, fp32 matmul {matmul_rate:.0f} GFLOP/s")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.merge:
         return merge(args)
-    from throughput import cpu_model, git_commit
+    from throughput import cpu_isa, cpu_model, git_commit
 
     import torch
 
-    host = {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    host = {"cpu_model": cpu_model(), "cpu_isa": cpu_isa(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     total = len(args.presets) * len(args.seeds)
-    print(f"{host['cpu_model']}, {host['torch_threads']} threads; {total} run(s), "
+    print(f"{host['cpu_model']} ({host['cpu_isa'] or '?'}), {host['torch_threads']} threads; {total} run(s), "
           f"{'cold' if args.cold else 'warm'} data cache; extra: {' '.join(args.extra) or '(none)'}", flush=True)
     before = matmul_gflops()
     print(f"fp32 matmul {before['n']}^2: {before['gflops']:.1f} GFLOP/s", flush=True)
@@ -444,8 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_commit(), "host": host, "data": args.data, "cold_cache": args.cold, "extra": args.extra,
         "presets": args.presets, "seeds": args.seeds, "targets_pct": args.targets, "matmul": matmul,
         "summary": summary, "runs": runs}, indent=2) + "\n")
-    title = (f"{', '.join(args.presets)} on {Path(args.data).name}: {host['cpu_model']}, "
-             f"{host['torch_threads']} threads, fp32 matmul {matmul['mean_gflops']:.0f} GFLOP/s")
+    title = plot_title(args.presets, args.data, host, matmul["mean_gflops"])
     plot(runs, args.presets, args.targets, Path(args.png), title)
     print(f"\nwrote {out} and {args.png}")
     return 1 if any("error" in r for r in runs) else 0

@@ -53,6 +53,20 @@ def test_throughput_steps_a_preset_network_with_the_presets_optimizer(bench):
     assert case["train_img_s"] > 0
 
 
+def test_results_name_the_cpu_isa(bench):
+    # Boxes that report the same CPU model ran the same networks 1.3-1.6x apart: the ISA torch dispatches
+    # to goes into the result files and onto the plots.
+    import torch
+
+    host = bench["throughput"].host_info(torch.device("cpu"))
+    assert host["cpu_isa"] == torch.backends.cpu.get_cpu_capability() != ""
+    title = bench["time_to_accuracy"].plot_title(["cifar10"], "d/train.tar.gz", host, 150.0)
+    assert f"train.tar.gz: {host['cpu_model']} ({host['cpu_isa']}), {host['torch_threads']} threads" in title
+    # Result files written before the field existed still plot (merge reads them).
+    old = bench["time_to_accuracy"].plot_title(["cifar10"], "d.tar.gz", {"cpu_model": "cpu", "torch_threads": 2}, 150.0)
+    assert "d.tar.gz: cpu, 2 threads, fp32 matmul 150 GFLOP/s" in old
+
+
 def test_throughput_rejects_unknown_case(bench):
     with pytest.raises(SystemExit):
         bench["throughput"].parse_args(["--cases", "nope"])

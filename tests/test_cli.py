@@ -22,6 +22,8 @@ def test_train_writes_a_complete_run_folder(trained_run):
     config = json.loads((trained_run / "config.json").read_text())
     assert config["classes"] == ["cat", "dog", "ship"]
     assert config["config"]["train"]["epochs"] == 2 and "torch" in config["versions"]
+    # Boxes with the same CPU model name differ in the vector ISA torch dispatches to, and in speed with it.
+    assert config["hardware"]["cpu_isa"] == torch.backends.cpu.get_cpu_capability()
     assert not list(trained_run.glob("*.tmp")), "no temp files may be left behind"
 
 

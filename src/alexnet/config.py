@@ -156,7 +156,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # 64-64-256-256-256 with conv1 and conv2 at full resolution (max-pools after conv2, conv3, conv4), conv5's
     # map max-pooled whole into one FC layer (airbench's layout cut to five convolutions: 86.6% at 8 epochs
     # against 84.4% for the paper's pooling after conv1, conv2, conv5 with a flattened 4x4 map), 35 epochs
-    # (about 52 minutes on 2 cores), validated every 7 on flips and 2-pixel translations (6 views).
+    # (about 52 minutes on the first sessions' 2-core AVX-512 boxes; the clock allows 21 on the tenth session's
+    # AVX-512 box, ~15 on the AVX2-only one), validated every 7 on flips and 2-pixel translations (6 views).
     # The layout of the two presets above at 48-96-192-384-384 (2.26 M parameters, ~460 img/s on the AVX2 box,
     # 36 epochs in the hour there) reached 88.40% (seed 0) against 88.64-89.00% for this one's ~15 epochs
     # there: it ends at 98.0% training accuracy with 4 px crops, over-fitting; not adopted.

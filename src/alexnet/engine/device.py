@@ -85,9 +85,17 @@ def grad_scaler(device: torch.device, amp: str = "auto") -> torch.amp.GradScaler
     return torch.amp.GradScaler(device.type, enabled=amp_dtype(device, amp) == torch.float16)
 
 
+def cpu_isa() -> str:
+    """The vector ISA torch's CPU kernels dispatch to ('AVX512', 'AVX2', ...): CPUs that report the same
+    model name can differ here, and convolution speed with it."""
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return get() if get is not None else ""
+
+
 def hardware_info(device: torch.device) -> dict[str, str]:
     """What a run ran on, for config.json and the report."""
     info = {"device": str(device), "platform": platform.platform(), "processor": platform.processor() or "",
+            "cpu_isa": cpu_isa(),
             "cpu_threads": str(torch.get_num_threads()), "malloc_tuned": str(bool(_allocator_tuned))}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
