@@ -107,6 +107,14 @@ def host_info(device: torch.device) -> dict:
     return info
 
 
+def host_name(host: dict) -> str:
+    """'NVIDIA H200' or 'AMD EPYC (AVX512)': the CPU model name alone does not tell boxes apart. Result
+    files written before the ISA was recorded have none."""
+    if host.get("gpu"):
+        return host["gpu"]
+    return host.get("cpu_model", "?") + (f" ({host['cpu_isa']})" if host.get("cpu_isa") else "")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -258,9 +266,8 @@ def format_table(cases: list[dict], matmul: dict, host: dict, settings: dict) ->
     header = line([name for name, _, _ in cols])
     rule = "-" * len(header)
     ref = matmul["reference"]
-    where = host.get("gpu") or f"{host['cpu_model']}, {host.get('cpu_isa') or '?'}"
     notes = [
-        f"device {host['device']} ({where}), {host['torch_threads']} torch threads, torch {host['torch']}; "
+        f"device {host['device']} ({host_name(host)}), {host['torch_threads']} torch threads, torch {host['torch']}; "
         f"median of {settings['runs']} run(s) x {settings['iters']} timed iterations after {settings['warmup']} "
         f"warm-up; channels_last={settings['channels_last']}"
         + ("; bf16 autocast" if host["device"].startswith("cuda") else "; fp32")
@@ -347,9 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 3 if args.quick else 7
     # On CUDA the cases run under bf16 autocast, so bf16 matmul is their reference; fp32 is kept too.
     ref = "bf16" if device.type == "cuda" else "fp32"
-    print(f"{host.get('gpu') or host['cpu_model']} ({host['cpu_isa'] or '?'}): {host['torch_threads']} threads, "
-          f"torch {host['torch']}",
-          flush=True)
+    print(f"{host_name(host)}: {host['torch_threads']} threads, torch {host['torch']}", flush=True)
     kinds = list(dict.fromkeys(("fp32", ref)))
     before = {d: matmul_gflops(n, repeats, device, d) for d in kinds}
     print(f"{ref} matmul {n}^2 before: {before[ref]['gflops']:.1f} GFLOP/s", flush=True)

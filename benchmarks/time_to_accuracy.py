@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from matmul import matmul_gflops  # noqa: E402
+from throughput import git_commit, host_info, host_name, resolve_device  # noqa: E402
 
 # The presets of the README's results table; keep in step with it.
 DEFAULT_PRESETS = ("cifar10-fast", "cifar10", "cifar10-best")
@@ -397,8 +398,7 @@ def merge(args: argparse.Namespace) -> int:
 
 
 def plot_title(presets: list[str], data, host: dict, matmul_rate: float) -> str:
-    isa = f" ({host['cpu_isa']})" if host.get("cpu_isa") else ""  # result files before the field have none
-    return (f"{', '.join(presets)} on {Path(str(data)).name}: {host.get('cpu_model', '?')}{isa}, "
+    return (f"{', '.join(presets)} on {Path(str(data)).name}: {host_name(host)}, "
             f"{host.get('torch_threads', '?')} threads, fp32 matmul {matmul_rate:.0f} GFLOP/s")
 
 
@@ -406,15 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.merge:
         return merge(args)
-    from throughput import cpu_isa, cpu_model, git_commit
-
-    import torch
-
-    host = {"cpu_model": cpu_model(), "cpu_isa": cpu_isa(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    host = host_info(resolve_device("auto"))  # the device `alexnet train` picks by default
     total = len(args.presets) * len(args.seeds)
-    print(f"{host['cpu_model']} ({host['cpu_isa'] or '?'}), {host['torch_threads']} threads; {total} run(s), "
+    print(f"{host_name(host)}, {host['torch_threads']} threads; {total} run(s), "
           f"{'cold' if args.cold else 'warm'} data cache; extra: {' '.join(args.extra) or '(none)'}", flush=True)
     before = matmul_gflops()
     print(f"fp32 matmul {before['n']}^2: {before['gflops']:.1f} GFLOP/s", flush=True)

@@ -88,8 +88,7 @@ def grad_scaler(device: torch.device, amp: str = "auto") -> torch.amp.GradScaler
 def cpu_isa() -> str:
     """The vector ISA torch's CPU kernels dispatch to ('AVX512', 'AVX2', ...): CPUs that report the same
     model name can differ here, and convolution speed with it."""
-    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
-    return get() if get is not None else ""
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def hardware_info(device: torch.device) -> dict[str, str]:
