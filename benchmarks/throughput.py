@@ -39,7 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 from matmul import matmul_gflops  # noqa: E402
 
 from alexnet.config import PRESETS  # noqa: E402  (torch-free)
-from alexnet.engine.device import cpu_isa  # noqa: E402
+from alexnet.engine.device import amp_dtype, autocast, cpu_isa  # noqa: E402
 
 
 def preset_case(preset: str) -> dict:
@@ -72,6 +72,7 @@ CASES: dict[str, dict] = {
     "alexnet-lrn@227": {"model": "alexnet", "options": {"norm": "lrn"}, "image_size": 227, "batch": 64},
 }
 QUICK_BATCH = {32: 32, 227: 8}
+AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 RESULT_TAG = "THROUGHPUT_RESULT "
 # CIFAR-10 channel statistics; any values do for timing the normalise + resize.
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
@@ -128,13 +129,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device):
-    # As `alexnet train --amp auto`: bf16 autocast on CUDA, plain fp32 on CPU.
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return torch.autocast(device_type="cpu", enabled=False)
-
-
 def time_loop(step, iters: int, warmup: int, runs: int, device: torch.device) -> list[float]:
     """Seconds per iteration of `step`, one value per run (each after its own warm-up)."""
     out = []
@@ -151,7 +145,7 @@ def time_loop(step, iters: int, warmup: int, runs: int, device: torch.device) ->
 
 
 def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: int, iters: int,
-             channels_last: bool) -> dict:
+             channels_last: bool, amp: str = "auto") -> dict:
     """Measure one case in this process; returns a JSON-able dict."""
     from alexnet.data.memory import Normalizer
     from alexnet.engine.device import tune_cpu_allocator
@@ -180,7 +174,7 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
     last_loss = [float("nan")]
 
     def train_step() -> None:
-        with autocast(device):
+        with autocast(device, amp):
             loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
         loss.backward()
         optimizer.step()
@@ -188,7 +182,7 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
         last_loss[0] = loss.detach()
 
     def infer_step() -> None:
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad(), autocast(device, amp):
             model(x)
 
     model.train()
@@ -199,7 +193,8 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
 
     result = {
         "case": name, "model": spec["model"], "options": spec["options"], "image_size": size, "batch": batch,
-        "channels_last": channels_last, "optimizer": type(optimizer).__name__, "params": summary.params,
+        "channels_last": channels_last, "amp": AMP_NAMES.get(amp_dtype(device, amp), "fp32"),
+        "optimizer": type(optimizer).__name__, "params": summary.params,
         "macs_per_image": summary.macs,
         "train_img_s": batch / statistics.median(train_s), "train_img_s_runs": [batch / s for s in train_s],
         "infer_img_s": batch / statistics.median(infer_s), "infer_img_s_runs": [batch / s for s in infer_s],
@@ -228,17 +223,19 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
     return result
 
 
-def add_rates(case: dict, ref_gflops: float) -> None:
+def add_rates(case: dict, ref_gflops: float, fp32_gflops: float) -> None:
     """Achieved model FLOP/s from MACs (conv + linear only, as alexnet.summary counts them).
 
     inference = 2 FLOPs per MAC; training = 3 x that (the backward pass costs about twice the
-    forward: gradients w.r.t. both activations and weights), i.e. 6 x MACs per image.
+    forward: gradients w.r.t. both activations and weights), i.e. 6 x MACs per image. The fractions are of
+    the matmul rate in the cases' own precision (bf16 under autocast) and, for training, of the fp32 rate.
     """
     macs = case["macs_per_image"]
     case["infer_gflops"] = 2 * macs * case["infer_img_s"] / 1e9
     case["train_gflops"] = 3 * 2 * macs * case["train_img_s"] / 1e9
     case["infer_frac_of_matmul"] = case["infer_gflops"] / ref_gflops
     case["train_frac_of_matmul"] = case["train_gflops"] / ref_gflops
+    case["train_frac_of_fp32_matmul"] = case["train_gflops"] / fp32_gflops
 
 
 def format_table(cases: list[dict], matmul: dict, host: dict, settings: dict) -> str:
@@ -270,10 +267,14 @@ def format_table(cases: list[dict], matmul: dict, host: dict, settings: dict) ->
         f"device {host['device']} ({host_name(host)}), {host['torch_threads']} torch threads, torch {host['torch']}; "
         f"median of {settings['runs']} run(s) x {settings['iters']} timed iterations after {settings['warmup']} "
         f"warm-up; channels_last={settings['channels_last']}"
-        + ("; bf16 autocast" if host["device"].startswith("cuda") else "; fp32")
+        + (f"; {settings['amp']} autocast" if settings.get("amp", "off") != "off" else "; fp32")
         + ("; glibc malloc tuned (no mmap for big blocks)" if any(c.get("malloc_tuned") for c in cases) else ""),
         f"{ref} matmul {matmul['before']['n']}^2: {matmul['before']['gflops']:.1f} GFLOP/s before, "
         f"{matmul['after']['gflops']:.1f} after, mean {matmul['mean_gflops']:.1f} (the '% mm' reference)",
+        *([f"fp32 matmul: {matmul['fp32_before']['gflops']:.1f} before, {matmul['fp32_after']['gflops']:.1f} "
+           f"after, mean {matmul['fp32_mean_gflops']:.1f}; training model FLOP/s against it: "
+           + ", ".join(f"{c['case']} {100 * c['train_frac_of_fp32_matmul']:.0f}%" for c in cases if "error" not in c)]
+          if ref != "fp32" else []),
         "GFLOP/s = 2 x MACs x img/s for inference, 3 x 2 x MACs x img/s for training (backward ~ 2x forward); "
         "MACs = conv + linear only",
         "+resize img/s: training including the on-device normalise + bilinear 32->227 resize of each uint8 batch "
@@ -293,7 +294,7 @@ def child_command(args: argparse.Namespace, case: str) -> list[str]:
         cmd.append("--no-channels-last")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    return cmd
+    return cmd + ["--amp", args.amp]
 
 
 def run_child(args: argparse.Namespace, case: str) -> dict:
@@ -316,6 +317,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW-contiguous tensors (the default is channels_last, as training)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="autocast as `alexnet train --amp` (auto: bf16 on CUDA and on CPUs with bf16 "
+                        "instructions, fp32 elsewhere)")
     p.add_argument("--matmul-n", type=int, help="matmul side (default 2048 CPU, 4096 CUDA, 1024 with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 run, 1 warm-up, 2 iterations, small batches")
     p.add_argument("--json", help="output file (default benchmarks/results/throughput-<device>.json; "
@@ -345,16 +349,19 @@ def main(argv: list[str] | None = None) -> int:
         size = CASES[args.single]["image_size"]
         batch = args.batch_size or (QUICK_BATCH.get(size, 8) if args.quick else CASES[args.single]["batch"])
         result = run_case(args.single, device=device, batch=batch, runs=args.runs, warmup=args.warmup,
-                          iters=args.iters, channels_last=args.channels_last)
+                          iters=args.iters, channels_last=args.channels_last, amp=args.amp)
         print(RESULT_TAG + json.dumps(result), flush=True)
         return 0
 
     host = host_info(device)
     n = args.matmul_n or (1024 if args.quick else 4096 if device.type == "cuda" else 2048)
     repeats = 3 if args.quick else 7
-    # On CUDA the cases run under bf16 autocast, so bf16 matmul is their reference; fp32 is kept too.
-    ref = "bf16" if device.type == "cuda" else "fp32"
-    print(f"{host_name(host)}: {host['torch_threads']} threads, torch {host['torch']}", flush=True)
+    # Under bf16 autocast (CUDA, or a CPU with bf16 instructions) bf16 matmul is the cases' reference;
+    # fp32 is kept too.
+    amp = amp_dtype(device, args.amp)
+    ref = "bf16" if amp == torch.bfloat16 else "fp32"
+    print(f"{host_name(host)}: {host['torch_threads']} threads, torch {host['torch']}, "
+          f"{ref if ref != 'fp32' else 'no'} autocast", flush=True)
     kinds = list(dict.fromkeys(("fp32", ref)))
     before = {d: matmul_gflops(n, repeats, device, d) for d in kinds}
     print(f"{ref} matmul {n}^2 before: {before[ref]['gflops']:.1f} GFLOP/s", flush=True)
@@ -379,11 +386,11 @@ def main(argv: list[str] | None = None) -> int:
               "fp32_mean_gflops": (before["fp32"]["gflops"] + after["fp32"]["gflops"]) / 2}
     for c in cases:
         if "error" not in c:
-            add_rates(c, matmul["mean_gflops"])
+            add_rates(c, matmul["mean_gflops"], matmul["fp32_mean_gflops"])
 
     settings = {"runs": args.runs, "warmup": args.warmup, "iters": args.iters, "channels_last": args.channels_last,
                 "quick": args.quick, "batch_size_override": args.batch_size,
-                "amp": "bf16" if device.type == "cuda" else "off"}
+                "amp": AMP_NAMES.get(amp, "off")}
     print()
     print(format_table(cases, matmul, host, settings))
 

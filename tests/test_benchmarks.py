@@ -33,12 +33,23 @@ def test_throughput_case_runs_and_counts_flops(bench):
     import torch
 
     case = tp.run_case("alexnet-cifar-16w@32", device=torch.device("cpu"), batch=2, runs=1, warmup=0, iters=1,
-                       channels_last=True)
+                       channels_last=True, amp="off")
     assert case["train_img_s"] > 0 and case["infer_img_s"] > 0 and case["peak_rss_mb"] > 0
-    assert case["optimizer"] == "SGD"
-    tp.add_rates(case, ref_gflops=100.0)
+    assert case["optimizer"] == "SGD" and case["amp"] == "fp32"
+    tp.add_rates(case, ref_gflops=100.0, fp32_gflops=40.0)
     assert case["train_gflops"] == pytest.approx(3 * 2 * case["macs_per_image"] * case["train_img_s"] / 1e9)
     assert case["train_frac_of_matmul"] == pytest.approx(case["train_gflops"] / 100.0)
+    assert case["train_frac_of_fp32_matmul"] == pytest.approx(case["train_gflops"] / 40.0)
+
+
+def test_throughput_runs_under_the_autocast_it_records(bench):
+    # --amp bf16 is what `--amp auto` picks on a CPU with bf16 instructions; the case says which it ran.
+    import torch
+
+    case = bench["throughput"].run_case("alexnet-cifar-16w@32", device=torch.device("cpu"), batch=2, runs=1,
+                                        warmup=0, iters=1, channels_last=True, amp="bf16")
+    assert case["amp"] == "bf16" and case["train_img_s"] > 0
+    assert torch.isfinite(torch.tensor(case["final_train_loss"]))
 
 
 def test_throughput_steps_a_preset_network_with_the_presets_optimizer(bench):

@@ -51,3 +51,37 @@ def test_opt_out_keeps_glibc_default_which_refaults():
     if os.path.exists(thp) and "[always]" in open(thp).read():
         return  # 2 MB pages: the re-fault is a few dozen faults, nothing to count
     assert faults > 8000
+
+
+# --- mixed precision: which dtype `--amp auto` picks where --------------------------------------------
+
+def test_auto_amp_on_cpu_follows_the_cpus_bf16_instructions(monkeypatch):
+    import torch
+
+    from alexnet.engine import device as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: True)
+    assert dev.amp_dtype(cpu, "auto") is torch.bfloat16
+    assert dev.amp_dtype(cpu, "off") is None  # --amp off always wins
+    with dev.autocast(cpu, "auto"):
+        assert torch.get_autocast_dtype("cpu") is torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: False)
+    assert dev.amp_dtype(cpu, "auto") is None  # emulated bf16 is >10x slower: stay in fp32
+    assert dev.amp_dtype(cpu, "bf16") is torch.bfloat16  # asked for explicitly
+    with dev.autocast(cpu, "auto"):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_cpu_has_bf16_matches_the_cpu_flags():
+    from alexnet.engine.device import cpu_has_bf16
+
+    flags = set()
+    if platform.system() == "Linux":
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    assert cpu_has_bf16() is bool({"avx512_bf16", "amx_bf16", "amx_tile"} & flags)

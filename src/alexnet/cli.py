@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, help="image-decoding processes (0 = all cores)")
     t.add_argument("--device", help="auto | cpu | cuda | mps")
     t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
-                   help="mixed precision (auto = bf16 on CUDA, fp16 + loss scaling where bf16 is missing; off on CPU)")
+                   help="mixed precision (auto = bf16 on CUDA, fp16 + loss scaling where bf16 is missing; on CPU bf16 "
+                        "where it has bf16 instructions (AVX512_BF16, AMX), else off)")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--out", help="run folder (default runs/<time>-<model>)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where it stopped")
