@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
@@ -59,9 +60,11 @@ def tune_cpu_allocator() -> bool:
     return _allocator_tuned
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512_BF16 or AMX tiles), so that oneDNN's bf16
-    convolutions run faster than fp32 ones instead of emulating bf16 slowly."""
+    convolutions run faster than fp32 ones instead of emulating bf16 slowly. Asked once per process:
+    `amp_dtype` runs at every training step."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     if not torch.backends.mkldnn.is_available():  # no oneDNN: bf16 convolutions take slow reference kernels
         return False
