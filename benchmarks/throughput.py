@@ -39,7 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 from matmul import matmul_gflops  # noqa: E402
 
 from alexnet.config import PRESETS  # noqa: E402  (torch-free)
-from alexnet.engine.device import amp_dtype, autocast, cpu_isa  # noqa: E402
+from alexnet.engine.device import autocast, cpu_isa, precision  # noqa: E402
 
 
 def preset_case(preset: str) -> dict:
@@ -72,7 +72,6 @@ CASES: dict[str, dict] = {
     "alexnet-lrn@227": {"model": "alexnet", "options": {"norm": "lrn"}, "image_size": 227, "batch": 64},
 }
 QUICK_BATCH = {32: 32, 227: 8}
-AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 RESULT_TAG = "THROUGHPUT_RESULT "
 # CIFAR-10 channel statistics; any values do for timing the normalise + resize.
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
@@ -193,7 +192,7 @@ def run_case(name: str, *, device: torch.device, batch: int, runs: int, warmup: 
 
     result = {
         "case": name, "model": spec["model"], "options": spec["options"], "image_size": size, "batch": batch,
-        "channels_last": channels_last, "amp": AMP_NAMES.get(amp_dtype(device, amp), "fp32"),
+        "channels_last": channels_last, "amp": precision(device, amp),
         "optimizer": type(optimizer).__name__, "params": summary.params,
         "macs_per_image": summary.macs,
         "train_img_s": batch / statistics.median(train_s), "train_img_s_runs": [batch / s for s in train_s],
@@ -267,7 +266,7 @@ def format_table(cases: list[dict], matmul: dict, host: dict, settings: dict) ->
         f"device {host['device']} ({host_name(host)}), {host['torch_threads']} torch threads, torch {host['torch']}; "
         f"median of {settings['runs']} run(s) x {settings['iters']} timed iterations after {settings['warmup']} "
         f"warm-up; channels_last={settings['channels_last']}"
-        + (f"; {settings['amp']} autocast" if settings.get("amp", "off") != "off" else "; fp32")
+        + (f"; {settings['amp']} autocast" if settings["amp"] != "fp32" else "; fp32")
         + ("; glibc malloc tuned (no mmap for big blocks)" if any(c.get("malloc_tuned") for c in cases) else ""),
         f"{ref} matmul {matmul['before']['n']}^2: {matmul['before']['gflops']:.1f} GFLOP/s before, "
         f"{matmul['after']['gflops']:.1f} after, mean {matmul['mean_gflops']:.1f} (the '% mm' reference)",
@@ -358,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 3 if args.quick else 7
     # Under bf16 autocast (CUDA, or a CPU with bf16 instructions) bf16 matmul is the cases' reference;
     # fp32 is kept too.
-    amp = amp_dtype(device, args.amp)
-    ref = "bf16" if amp == torch.bfloat16 else "fp32"
+    amp = precision(device, args.amp)
+    ref = "bf16" if amp == "bf16" else "fp32"
     print(f"{host_name(host)}: {host['torch_threads']} threads, torch {host['torch']}, "
           f"{ref if ref != 'fp32' else 'no'} autocast", flush=True)
     kinds = list(dict.fromkeys(("fp32", ref)))
@@ -390,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = {"runs": args.runs, "warmup": args.warmup, "iters": args.iters, "channels_last": args.channels_last,
                 "quick": args.quick, "batch_size_override": args.batch_size,
-                "amp": AMP_NAMES.get(amp, "off")}
+                "amp": amp}
     print()
     print(format_table(cases, matmul, host, settings))
 

@@ -24,6 +24,10 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert config["config"]["train"]["epochs"] == 2 and "torch" in config["versions"]
     # Boxes with the same CPU model name differ in the vector ISA torch dispatches to, and in speed with it.
     assert config["hardware"]["cpu_isa"] == torch.backends.cpu.get_cpu_capability()
+    # `--amp auto` is bf16 on a CPU with bf16 instructions and fp32 elsewhere: the folder says which it was.
+    from alexnet.engine.device import cpu_has_bf16
+    if config["hardware"]["device"] == "cpu":
+        assert config["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     assert not list(trained_run.glob("*.tmp")), "no temp files may be left behind"
 
 

@@ -92,6 +92,12 @@ def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     return None
 
 
+def precision(device: torch.device, amp: str = "auto") -> str:
+    """The arithmetic `amp` resolves to on `device`: "bf16", "fp16" or "fp32" (for run folders and benchmarks:
+    `--amp auto` means different things on different CPUs)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(device, amp), "fp32")
+
+
 def autocast(device: torch.device, amp: str = "auto") -> contextlib.AbstractContextManager:
     dtype = amp_dtype(device, amp)
     if dtype is None:

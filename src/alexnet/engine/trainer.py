@@ -24,7 +24,7 @@ from .budget import TimeBudget
 from .checkpoint import (atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
                          write_json)
 from . import distributed
-from .device import autocast, grad_scaler, hardware_info, resolve_device, tune_cpu_allocator, versions
+from .device import autocast, grad_scaler, hardware_info, precision, resolve_device, tune_cpu_allocator, versions
 from .ema import EMA
 from .evaluation import collect_logits, loss_and_accuracy, tta_views
 from .optim import build_optimizer, build_scheduler
@@ -269,9 +269,11 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         write_json(out / "config.json", {"config": cfg.to_dict(), "dataset": data.description,
                                          "num_train": data.num_train, "num_val": num_val, **meta,
                                          "world_size": info.world_size, "versions": versions(),
+                                         "precision": precision(dev, cfg.train.amp),
                                          "hardware": hardware_info(dev)})
     ui.print(f"model: {cfg.model.name} at {image_size}px, "
-             f"{sum(p.numel() for p in model.parameters()):,} parameters; device {dev}"
+             f"{sum(p.numel() for p in model.parameters()):,} parameters; device {dev}, "
+             f"{precision(dev, cfg.train.amp)}"
              f"{f' x {info.world_size} processes' if info.enabled else ''}; run folder {out}")
 
     last_epoch = cfg.train.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.train.epochs)
