@@ -264,16 +264,17 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     if ema is not None and ckpt is not None:
         ema.load_state_dict(ckpt["ema"])
     run_model = wrap_model(model, cfg, info, dev)
+    arithmetic = precision(dev, cfg.train.amp)  # what --amp resolved to here: bf16, fp16 or fp32
 
     if info.is_main:
         write_json(out / "config.json", {"config": cfg.to_dict(), "dataset": data.description,
                                          "num_train": data.num_train, "num_val": num_val, **meta,
                                          "world_size": info.world_size, "versions": versions(),
-                                         "precision": precision(dev, cfg.train.amp),
+                                         "precision": arithmetic,
                                          "hardware": hardware_info(dev)})
     ui.print(f"model: {cfg.model.name} at {image_size}px, "
              f"{sum(p.numel() for p in model.parameters()):,} parameters; device {dev}, "
-             f"{precision(dev, cfg.train.amp)}"
+             f"{arithmetic}"
              f"{f' x {info.world_size} processes' if info.enabled else ''}; run folder {out}")
 
     last_epoch = cfg.train.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.train.epochs)
