@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from alexnet.engine.checkpoint import load_checkpoint
-from conftest import run_cli
+from conftest import TRAIN_FLAGS, run_cli
 
 def test_train_writes_a_complete_run_folder(trained_run):
     for name in ["last.pt", "best.pt", "config.json", "history.csv", "history.json"]:
@@ -29,6 +29,21 @@ def test_train_writes_a_complete_run_folder(trained_run):
     if config["hardware"]["device"] == "cpu":
         assert config["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     assert not list(trained_run.glob("*.tmp")), "no temp files may be left behind"
+
+
+def test_training_on_every_image_keeps_the_last_epoch_as_best_and_reports_on_the_training_split(
+        tiny_folder, tmp_path):
+    # `--val-split 0` (a final run on the full training set): no epoch has a score, best.pt is the last epoch's
+    # weights, and the closing report evaluates the training split, all 120 images.
+    run = tmp_path / "full"
+    result = run_cli("train", "--data", tiny_folder, "--out", run, *TRAIN_FLAGS, "--val-split", "0")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["val_acc"] == "nan" for r in rows)
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    assert best["epoch"] == last["epoch"] == 2
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    assert json.loads((run / "report" / "metrics.json").read_text())["num_samples"] == 120
 
 
 def test_evaluate_prints_tables_and_writes_json(trained_run, tiny_folder, tmp_path):
