@@ -123,10 +123,11 @@ def test_info_prints_keras_style_summary_with_paper_parameter_counts():
 
 
 def test_a_run_with_a_custom_pooling_layout_reloads_for_evaluation(tiny_folder, tmp_path):
-    # --pools, --pool-size, --global-pool and --init are saved in the run's config and rebuilt by evaluate from the
-    # checkpoint; airbench's batch-norm settings leave every saved batch-norm scale at 1.
+    # --pools, --pool-size, --global-pool, --conv1-kernel and --init are saved in the run's config and rebuilt by
+    # evaluate from the checkpoint; airbench's batch-norm settings leave every saved batch-norm scale at 1.
     run = tmp_path / "pooled"
-    flags = ["--widths", "8,8,16,16,16", "--hidden", "0", "--pools", "2,3,4", "--pool-size", "3", "--global-pool"]
+    flags = ["--widths", "8,8,16,16,16", "--hidden", "0", "--pools", "2,3,4", "--pool-size", "3", "--global-pool",
+             "--conv1-kernel", "2"]
     result = run_cli("train", "--data", tiny_folder, "--out", run, "--epochs", "1", "--batch-size", "16",
                      "--quiet", "--no-report", *flags, "--init", "dirac", "--no-bn-scale", "--bn-bias-lr", "64",
                      env={"ALEXNET_DATA": str(tmp_path / "cache")})
@@ -134,7 +135,7 @@ def test_a_run_with_a_custom_pooling_layout_reloads_for_evaluation(tiny_folder, 
     saved = json.loads((run / "config.json").read_text())["config"]
     config = saved["model"]
     assert config["pools"] == [2, 3, 4] and config["global_pool"] is True and config["init"] == "dirac"
-    assert config["pool_size"] == 3
+    assert config["pool_size"] == 3 and config["conv1_kernel"] == 2
     assert saved["train"]["bn_scale"] is False and saved["train"]["bn_bias_lr"] == 64
     weights = load_checkpoint(run / "best.pt")["model"]
     scales = [v for k, v in weights.items() if k.startswith("features.bn") and k.endswith(".weight")]

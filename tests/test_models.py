@@ -63,6 +63,9 @@ def test_option_the_model_does_not_have_raises_alexnet_error():
         ("alexnet-cifar", {"pool_size": 4}, "pool_size"),
         ("alexnet-cifar", {"pool_size": True}, "pool_size"),
         ("alexnet-cifar", {"init": "paper"}, "init"),
+        ("alexnet-cifar", {"conv1_kernel": 5}, "conv1_kernel"),
+        ("alexnet-cifar", {"conv1_kernel": True}, "conv1_kernel"),
+        ("alexnet-cifar", {"conv1_kernel": 2, "pools": (1, 2, 3), "image_size": 8}, "image_size"),
         ("alexnet-cifar", {"pools": (1, 2, 3, 4, 5), "image_size": 16}, "image_size"),
         ("alexnet-cifar", {"dropout": -0.1}, "dropout"),
         ("alexnet-cifar", {"image_size": 4}, "image_size"),
@@ -273,6 +276,20 @@ def test_overlapping_pools_halve_the_map_as_2x2_pools_do_and_see_the_neighbourin
     peak = torch.zeros(1, 1, 8, 8)
     peak[0, 0, 3, 3] = 1.0
     assert int(pool(peak).sum()) == 4 and int(torch.nn.MaxPool2d(2)(peak).sum()) == 1
+
+
+def test_a_2x2_stem_trims_one_pixel_and_the_pools_floor_the_odd_sides():
+    # airbench's stem: 2x2, unpadded, so 32 -> 31, and three 2x2 pools leave 15, 7 and 3.
+    kw = dict(num_classes=10, image_size=32, widths=(24, 8, 16, 16, 32), hidden=0, dropout=0.0, pools=(2, 3, 4))
+    model = create_model("alexnet-cifar", conv1_kernel=2, **kw)
+    conv1 = layer(model, "features.conv1")
+    assert conv1.kernel_size == (2, 2) and conv1.padding == (0, 0)
+    assert layer(model, "features.conv2").kernel_size == (3, 3)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.features(x).shape == (2, 32, 3, 3)
+    assert layer(model, "classifier.fc8").in_features == 32 * 3 * 3 and model(x).shape == (2, 10)
+    pooled = create_model("alexnet-cifar", conv1_kernel=2, global_pool=True, **kw)
+    assert layer(pooled, "classifier.fc8").in_features == 32 and pooled(x).shape == (2, 10)
 
 
 def test_dirac_init_makes_each_conv_pass_its_first_input_channels_through():

@@ -28,3 +28,17 @@ def test_whitening_does_not_depend_on_the_chunk_size():
     whole, chunked = patch_whitening(images, (3, 3)), patch_whitening(images, (3, 3), chunk=7)
     assert torch.allclose(whole[0], chunked[0], rtol=1e-5)
     assert torch.allclose(whole[1].abs(), chunked[1].abs(), atol=1e-4)  # eigenvectors up to sign
+
+
+def test_a_2x2_stem_of_24_filters_holds_every_whitening_pair_and_decorrelates_the_patches():
+    # 2x2x3 patches have 12 components: 24 filters hold all of them, + and -, and none is left random.
+    model = create_model("alexnet-cifar", num_classes=10, widths=(24, 8, 8, 8, 8), hidden=0, conv1_kernel=2)
+    gen = torch.Generator().manual_seed(2)
+    base = torch.rand(40, 3, 16, 16, generator=gen)
+    images = base + 0.5 * base.roll(1, dims=1)
+    assert whiten_first_conv(model, images) == 24
+    w = model.features.conv1.weight.detach()
+    assert torch.allclose(w[:12], -w[12:])
+    out = torch.nn.functional.conv2d(images - images.mean(dim=(0, 2, 3), keepdim=True), w[:12])
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    assert torch.allclose(flat.T @ flat / len(flat), torch.eye(12), atol=0.05)

@@ -44,13 +44,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="alexnet-cifar: max-pool window, 2 (default) or 3 (the paper's overlapping 3x3, stride 2)")
     p.add_argument("--global-pool", action=argparse.BooleanOptionalAction,
                    help="alexnet-cifar: max-pool conv5's whole map before the classifier")
+    p.add_argument("--conv1-kernel", type=int, choices=[2, 3],
+                   help="alexnet-cifar: conv1's side, 3 (default, padded) or 2 (unpadded 2x2, airbench's stem)")
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The model options given on the command line (None: not given)."""
     return {"norm": args.norm, "groups": args.groups, "init": args.init, "widths": args.widths,
             "hidden": args.hidden, "pool_first": args.pool_first, "pools": args.pools,
-            "pool_size": args.pool_size, "global_pool": args.global_pool}
+            "pool_size": args.pool_size, "global_pool": args.global_pool, "conv1_kernel": args.conv1_kernel}
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:

@@ -41,6 +41,7 @@ class ModelConfig:
     pools: tuple[int, ...] | None = None
     pool_size: int | None = None
     global_pool: bool | None = None
+    conv1_kernel: int | None = None
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for `create_model`, without the ones left at the model default."""

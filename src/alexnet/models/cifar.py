@@ -24,6 +24,7 @@ from .registry import register_model
 
 NORMS = ("batchnorm", "none")
 INITS = ("default", "dirac")
+CONV1_KERNELS = (2, 3)  # conv1's side: 3 (padding 1, as every other conv) or 2 (unpadded: airbench's 2x2 stem)
 POOL_SIZES = (2, 3)  # max-pool window: 2 (non-overlapping) or 3 (overlapping, stride 2, as in the paper)
 PAPER_POOLS = (1, 2, 5)  # convolutions followed by a 2x2 max-pool, as conv1, conv2, conv5 in the paper
 
@@ -45,7 +46,7 @@ def _check_pools(pools: Any, image_size: int) -> tuple[int, ...]:
 
 
 def _check_options(widths: Any, hidden: Any, dropout: Any, norm: Any, pool_first: Any,
-                   global_pool: Any, init: Any, pool_size: Any) -> tuple[int, ...]:
+                   global_pool: Any, init: Any, pool_size: Any, conv1_kernel: Any) -> tuple[int, ...]:
     if (
         not isinstance(widths, (tuple, list))
         or len(widths) != 5
@@ -65,6 +66,9 @@ def _check_options(widths: Any, hidden: Any, dropout: Any, norm: Any, pool_first
     if isinstance(pool_size, bool) or pool_size not in POOL_SIZES:
         raise AlexnetError(f"alexnet-cifar option pool_size must be 2 (2x2 windows) or 3 (the paper's overlapping "
                            f"3x3 windows); got {pool_size!r}")
+    if isinstance(conv1_kernel, bool) or conv1_kernel not in CONV1_KERNELS:
+        raise AlexnetError(f"alexnet-cifar option conv1_kernel must be 3 (3x3, padded) or 2 (airbench's unpadded 2x2 "
+                           f"stem); got {conv1_kernel!r}")
     if init not in INITS:
         raise AlexnetError(f"alexnet-cifar option init must be one of {', '.join(INITS)}; got {init!r}")
     return tuple(widths)
@@ -90,15 +94,17 @@ def _pooled_side(side: int, size: int) -> int:
     return side // 2 if size == 2 else (side + 1) // 2
 
 
-def _features(widths: tuple[int, ...], norm: str, pool_first: bool, pools: tuple[int, ...], pool_size: int
-              ) -> nn.Sequential:
+def _features(widths: tuple[int, ...], norm: str, pool_first: bool, pools: tuple[int, ...], pool_size: int,
+              conv1_kernel: int = 3) -> nn.Sequential:
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     in_channels = 3
     for i, out_channels in enumerate(widths, start=1):
         batchnorm = norm == "batchnorm"
         pooled = i in pools
         # A bias before BatchNorm is cancelled by its mean subtraction, so leave it out.
-        layers[f"conv{i}"] = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batchnorm)
+        kernel = conv1_kernel if i == 1 else 3
+        layers[f"conv{i}"] = nn.Conv2d(in_channels, out_channels, kernel, padding=1 if kernel == 3 else 0,
+                                       bias=not batchnorm)
         if pooled and pool_first:
             layers[f"pool{i}"] = _pool(pool_size)
         if batchnorm:
@@ -133,6 +139,7 @@ def alexnet_cifar(
     pool_size: int = 2,
     global_pool: bool = False,
     init: str = "default",
+    conv1_kernel: int = 3,
 ) -> AlexNet:
     """AlexNet for small images (default 32x32); image_size should be a multiple of 8, >= 16.
 
@@ -150,15 +157,20 @@ def alexnet_cifar(
     global_pool: max-pool conv5's whole remaining map to one value per channel
     before the classifier (the fast CIFAR records' head: widths[-1] features instead of a flattened map).
     init: 'default' (torch's) or 'dirac' (identity filters first, see `_init_dirac`).
+    conv1_kernel: 3 (3x3, padding 1) or 2 (2x2 without padding, airbench's stem: the side shrinks by one pixel,
+    32 -> 31, and a whitened conv1 holds all 12 +/- eigenvector pairs of the 2x2x3 patches in 24 filters).
     """
-    widths = _check_options(widths, hidden, dropout, norm, pool_first, global_pool, init, pool_size)
+    widths = _check_options(widths, hidden, dropout, norm, pool_first, global_pool, init, pool_size, conv1_kernel)
     pools = _check_pools(pools, image_size)
-    features = _features(widths, norm, pool_first, pools, pool_size)
+    features = _features(widths, norm, pool_first, pools, pool_size, conv1_kernel)
     if init == "dirac":
         _init_dirac(features)
-    side = image_size
+    side = image_size if conv1_kernel == 3 else image_size - 1
     for _ in pools:
         side = _pooled_side(side, pool_size)
+    if side < 1:
+        raise AlexnetError(f"image_size {image_size} is too small for alexnet-cifar's 2x2 conv1 and {len(pools)} "
+                           f"poolings: the feature map vanishes (use at least {2 ** len(pools) + 1})")
     if global_pool:
         features.add_module("pool_global", nn.AdaptiveMaxPool2d(1))
         side = 1
