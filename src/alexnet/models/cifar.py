@@ -29,7 +29,16 @@ POOL_SIZES = (2, 3)  # max-pool window: 2 (non-overlapping) or 3 (overlapping, s
 PAPER_POOLS = (1, 2, 5)  # convolutions followed by a 2x2 max-pool, as conv1, conv2, conv5 in the paper
 
 
-def _check_pools(pools: Any, image_size: int) -> tuple[int, ...]:
+def _conv1_padding(kernel: int) -> int:
+    """3x3 keeps the side (padding 1); airbench's 2x2 stem is unpadded and trims it by one pixel."""
+    return 1 if kernel == 3 else 0
+
+
+def _conv1_side(image_size: int, kernel: int) -> int:
+    return image_size + 2 * _conv1_padding(kernel) - kernel + 1
+
+
+def _check_pools(pools: Any, image_size: int, conv1_kernel: int) -> tuple[int, ...]:
     if (
         not isinstance(pools, (tuple, list))
         or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= 5 for i in pools)
@@ -37,10 +46,12 @@ def _check_pools(pools: Any, image_size: int) -> tuple[int, ...]:
     ):
         raise AlexnetError(f"alexnet-cifar option pools must name distinct convolutions 1..5 (e.g. 1,2,5); "
                            f"got {pools!r}")
-    if image_size < 2 ** len(pools):
+    trim = image_size - _conv1_side(image_size, conv1_kernel)
+    if image_size - trim < 2 ** len(pools):
         raise AlexnetError(
-            f"image_size {image_size} is too small for alexnet-cifar with {len(pools)} poolings: the feature "
-            f"map vanishes (minimum {2 ** len(pools)}; use a multiple of {2 ** len(pools)})"
+            f"image_size {image_size} is too small for alexnet-cifar with {len(pools)} poolings"
+            f"{' after its 2x2 conv1' if trim else ''}: the feature map vanishes (minimum {2 ** len(pools) + trim}; "
+            f"use a multiple of {2 ** len(pools)}{' plus 1' if trim else ''})"
         )
     return tuple(sorted(pools))
 
@@ -103,7 +114,7 @@ def _features(widths: tuple[int, ...], norm: str, pool_first: bool, pools: tuple
         pooled = i in pools
         # A bias before BatchNorm is cancelled by its mean subtraction, so leave it out.
         kernel = conv1_kernel if i == 1 else 3
-        layers[f"conv{i}"] = nn.Conv2d(in_channels, out_channels, kernel, padding=1 if kernel == 3 else 0,
+        layers[f"conv{i}"] = nn.Conv2d(in_channels, out_channels, kernel, padding=_conv1_padding(kernel),
                                        bias=not batchnorm)
         if pooled and pool_first:
             layers[f"pool{i}"] = _pool(pool_size)
@@ -161,16 +172,13 @@ def alexnet_cifar(
     32 -> 31, and a whitened conv1 holds all 12 +/- eigenvector pairs of the 2x2x3 patches in 24 filters).
     """
     widths = _check_options(widths, hidden, dropout, norm, pool_first, global_pool, init, pool_size, conv1_kernel)
-    pools = _check_pools(pools, image_size)
+    pools = _check_pools(pools, image_size, conv1_kernel)
     features = _features(widths, norm, pool_first, pools, pool_size, conv1_kernel)
     if init == "dirac":
         _init_dirac(features)
-    side = image_size if conv1_kernel == 3 else image_size - 1
+    side = _conv1_side(image_size, conv1_kernel)
     for _ in pools:
         side = _pooled_side(side, pool_size)
-    if side < 1:
-        raise AlexnetError(f"image_size {image_size} is too small for alexnet-cifar's 2x2 conv1 and {len(pools)} "
-                           f"poolings: the feature map vanishes (use at least {2 ** len(pools) + 1})")
     if global_pool:
         features.add_module("pool_global", nn.AdaptiveMaxPool2d(1))
         side = 1
