@@ -27,6 +27,7 @@ import importlib
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -77,7 +78,8 @@ _IMAGE_SIDE = 32
 _ROW = 3 * _IMAGE_SIDE * _IMAGE_SIDE
 _TIMEOUT_S = 60
 _HOW_TO_PASS = (
-    f"download {ARCHIVE} yourself and pass --data /path/to/{ARCHIVE} (or the extracted {FOLDER} folder)"
+    f"offline, pass a local copy in one of three ways: --data /path/to/{ARCHIVE}, --data /path/to/{FOLDER} "
+    f"(the extracted folder), or put {ARCHIVE} into $ALEXNET_DATA (default ~/.cache/alexnet) and keep --data cifar10"
 )
 
 
@@ -204,6 +206,29 @@ def download(
         if tmp is not None:
             tmp.unlink(missing_ok=True)
     return dest
+
+
+class DownloadBar:
+    """A progress bar on stderr for `download` (size, speed, time left; the archive is ~170 MB)."""
+
+    def __init__(self, url: str, root: Path):
+        self.url, self.root, self.bar, self.task = url, root, None, None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.bar is None:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+            size = f"{total / 1e6:.0f} MB" if total else "size unknown"
+            print(f"downloading CIFAR-10 ({size}) from {self.url} into {self.root}", file=sys.stderr)
+            self.bar = Progress("CIFAR-10", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("download", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -450,7 +475,11 @@ def load_cifar10(
             if archive.is_file():
                 verify_md5(archive, expected_md5, hint=f"delete {archive} and run again to download it afresh")
             else:
-                archive = download(root_dir, url=url, md5=expected_md5)
+                bar = DownloadBar(url, root_dir)
+                try:
+                    archive = download(root_dir, url=url, md5=expected_md5, progress=bar)
+                finally:
+                    bar.close()
             safe_extract(archive, root_dir)
         return _load_folder(folder)
 
