@@ -303,7 +303,7 @@ def local_server(fake_tar):
     thread.join()
 
 
-def test_download_from_local_server_verifies_and_extracts(fake_tar, local_server, tmp_path):
+def test_download_from_local_server_verifies_and_extracts(fake_tar, local_server, tmp_path, capfd):
     _, md5 = fake_tar
     root = tmp_path / "root"
     seen = []
@@ -311,9 +311,14 @@ def test_download_from_local_server_verifies_and_extracts(fake_tar, local_server
     assert path == root / ARCHIVE and md5sum(path) == md5
     assert seen[-1] == (path.stat().st_size, path.stat().st_size)
     path.unlink()
+    capfd.readouterr()
     data, classes = load_cifar10(None, root, url=local_server, expected_md5=md5)
     assert classes == list(CLASSES) and data["train"][1].shape == (5 * PER_BATCH,)
     assert sorted(p.name for p in root.iterdir()) == sorted([ARCHIVE, FOLDER])
+    # A first run says what it downloads, how big it is and where it goes, on stderr (stdout stays clean).
+    out, err = capfd.readouterr()
+    size_mb = (root / ARCHIVE).stat().st_size / 1e6
+    assert f"downloading CIFAR-10 ({size_mb:.1f} MB) from {local_server} into {root}" in err and out == ""
 
 
 def test_offline_download_error_says_how_to_pass_local_copy(tmp_path):
@@ -323,6 +328,7 @@ def test_offline_download_error_says_how_to_pass_local_copy(tmp_path):
     message = str(info.value)
     assert message.startswith("could not download CIFAR-10 from http://127.0.0.1:9/")
     assert f"--data /path/to/{ARCHIVE}" in message and "\n" not in message
+    assert f"--data /path/to/{FOLDER}" in message and "$ALEXNET_DATA" in message  # all three ways
     assert list(root.iterdir()) == []
 
 

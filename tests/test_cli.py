@@ -129,9 +129,15 @@ def test_a_run_with_a_custom_pooling_layout_reloads_for_evaluation(tiny_folder, 
     flags = ["--widths", "8,8,16,16,16", "--hidden", "0", "--pools", "2,3,4", "--pool-size", "3", "--global-pool",
              "--conv1-kernel", "2"]
     result = run_cli("train", "--data", tiny_folder, "--out", run, "--epochs", "1", "--batch-size", "16",
-                     "--quiet", "--no-report", *flags, "--init", "dirac", "--no-bn-scale", "--bn-bias-lr", "64",
+                     "--no-report", *flags, "--init", "dirac", "--no-bn-scale", "--bn-bias-lr", "64",
                      env={"ALEXNET_DATA": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr
+    # The run ends by saying where it is, how good it got and how to get its report.
+    val_acc = json.loads((run / "history.json").read_text())[0]["val_acc"]
+    tail = result.stdout.strip().splitlines()[-3:]
+    assert tail == [f"run folder: {run}",
+                    f"best validation accuracy: {val_acc * 100:.2f}% at epoch 1 (weights in {run / 'best.pt'})",
+                    f"no HTML report written; `alexnet report {run}` writes it"]
     saved = json.loads((run / "config.json").read_text())["config"]
     config = saved["model"]
     assert config["pools"] == [2, 3, 4] and config["global_pool"] is True and config["init"] == "dirac"

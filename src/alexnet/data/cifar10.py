@@ -216,12 +216,13 @@ class DownloadBar:
 
     def __call__(self, done: int, total: int | None) -> None:
         if self.bar is None:
+            from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-            size = f"{total / 1e6:.0f} MB" if total else "size unknown"
+            size = f"{total / 1e6:.1f} MB" if total else "size unknown"
             print(f"downloading CIFAR-10 ({size}) from {self.url} into {self.root}", file=sys.stderr)
             self.bar = Progress("CIFAR-10", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                TimeRemainingColumn())
+                                TimeRemainingColumn(), console=Console(stderr=True))
             self.bar.start()
             self.task = self.bar.add_task("download", total=total)
         self.bar.update(self.task, completed=done)
