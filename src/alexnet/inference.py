@@ -1,4 +1,4 @@
-"""Use a trained checkpoint: load it, evaluate it on a split, predict images."""
+"""Use a trained model (a checkpoint or an exported model folder): load it, evaluate it on a split, predict images."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .engine.checkpoint import load_checkpoint
 from .engine.device import resolve_device, tune_cpu_allocator
 from .engine.evaluation import collect_logits, softmax_numpy
 from .errors import AlexnetError
+from .export.folder import model_folder, read_model_folder
 from .metrics import classification_metrics
 from .models import create_model
 
@@ -34,8 +35,10 @@ class LoadedModel:
 
 
 def load_model(checkpoint: str | Path, device: str = "auto") -> LoadedModel:
-    """Rebuild the network a checkpoint describes and load its weights (never executes pickled code)."""
-    state = load_checkpoint(checkpoint)
+    """Rebuild the network a checkpoint (RUN/best.pt, a run folder) or an exported model folder (`alexnet
+    export`) describes and load its weights (never executes pickled code)."""
+    folder = model_folder(checkpoint)
+    state = read_model_folder(folder) if folder is not None else load_checkpoint(checkpoint)
     cfg = RunConfig.from_dict(state["config"])
     dev = resolve_device(device)
     if dev.type == "cpu":
@@ -71,11 +74,25 @@ def eval_data(loaded: LoadedModel, data: str | None, split: str, batch_size: int
     return ev
 
 
-def probabilities(loaded: LoadedModel, loader: Any) -> np.ndarray:
-    """Class probabilities (N, C) over a loader, with the run's own test-time augmentation."""
-    logits, _ = collect_logits(loaded.model, loader, loaded.device, loaded.config.train.amp,
+def probabilities(loaded: LoadedModel, loader: Any, amp: str | None = None) -> np.ndarray:
+    """Class probabilities (N, C) over a loader, with the run's own test-time augmentation; `amp` (default: the
+    run's) is the arithmetic, e.g. "off" for fp32."""
+    logits, _ = collect_logits(loaded.model, loader, loaded.device, loaded.config.train.amp if amp is None else amp,
                                loaded.config.train.tta, loaded.config.train.tta_shift)
     return softmax_numpy(logits)
+
+
+def image_probabilities(loaded: LoadedModel, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, C) of uint8 images (N, S, S, 3) as `prepare_image` makes them, in fp32.
+
+    fp32 whatever the run's --amp: under `--amp auto` a CPU with bf16 units (AVX512_BF16, AMX) would evaluate
+    in bf16, whose probabilities differ from fp32 ones by ~1e-2. Predictions are fp32 so that `alexnet predict`
+    and the exported ONNX graph (fp32) give the same numbers within 1e-4; evaluate and report keep the run's
+    precision, the one its validation scores were measured in.
+    """
+    loader = memory_eval(images, np.zeros(len(images), dtype=np.int64), loaded.spec, batch_size, loaded.device,
+                         loaded.config.train.channels_last)
+    return probabilities(loaded, loader, amp="off")
 
 
 def saved_probabilities(loaded: LoadedModel, ev: EvalData) -> np.ndarray | None:
@@ -105,9 +122,7 @@ def predict(checkpoint: str | Path | LoadedModel, images: list[str | Path], top_
     if top_k < 1:
         raise AlexnetError("--top-k must be >= 1")
     arrays = np.stack([prepare_image(p, loaded.spec) for p in images])
-    loader = memory_eval(arrays, np.zeros(len(arrays), dtype=np.int64), loaded.spec, 256, loaded.device,
-                         loaded.config.train.channels_last)
-    probs = probabilities(loaded, loader)
+    probs = image_probabilities(loaded, arrays)
     k = min(top_k, len(loaded.classes))
     results = []
     for path, p in zip(images, probs):

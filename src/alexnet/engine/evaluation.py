@@ -26,6 +26,13 @@ def shift_logits(model: nn.Module, x: torch.Tensor, shift: int) -> torch.Tensor:
     return 0.5 * flip_logits(model, x) + 0.25 * (flip_logits(model, moved[0]) + flip_logits(model, moved[1]))
 
 
+def view_logits(model: nn.Module, x: torch.Tensor, tta: bool, tta_shift: int) -> torch.Tensor:
+    """The logits of a batch under the run's test-time views: one pass, flips, or flips and shifts."""
+    if tta and tta_shift > 0:
+        return shift_logits(model, x, tta_shift)
+    return flip_logits(model, x) if tta else model(x)
+
+
 def tta_views(tta: bool, tta_shift: int) -> int:
     """Forward passes per image that `collect_logits` makes: 1, 2 with flips, 6 with flips and shifts."""
     return (6 if tta_shift > 0 else 2) if tta else 1
@@ -45,12 +52,8 @@ def collect_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
             with autocast(device, amp):
                 if x.ndim == 5:  # (B, views, C, H, W): the paper's ten crops, logits averaged over views
                     logits = model(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1).mean(1)
-                elif tta and tta_shift > 0:
-                    logits = shift_logits(model, x, tta_shift)
-                elif tta:
-                    logits = flip_logits(model, x)
                 else:
-                    logits = model(x)
+                    logits = view_logits(model, x, tta, tta_shift)
             all_logits.append(logits.float().cpu())
             all_labels.append(y.cpu())
     finally:
