@@ -95,9 +95,13 @@ def image_cases() -> list[dict]:
     ]
 
 
-def _decode_worker(conn) -> None:
-    """Decode what the parent sends: ("bytes", name, data) by decode_square, ("path", path, _) by load_rgb."""
+def _decode_worker(conn, stderr_path: str) -> None:
+    """Decode what the parent sends: ("bytes", name, data) by decode_square, ("path", path, _) by load_rgb.
+    What the C libraries print (libtiff warns about damaged strips on its own) goes to ``stderr_path``."""
     import traceback
+
+    log = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(log, 2)
 
     from alexnet.data.images import decode_square, fit_square, load_rgb
     from alexnet.errors import AlexnetError
@@ -120,12 +124,18 @@ class Decoder:
     """A worker process that decodes one image at a time; a decode that outlasts the timeout (a hang) or
     kills the worker (a crash) is reported as such and the worker replaced."""
 
-    def __init__(self, timeout: float = DECODE_TIMEOUT_S):
+    def __init__(self, stderr_path: Path, timeout: float = DECODE_TIMEOUT_S):
         self.timeout, self.context, self.proc, self.conn = timeout, multiprocessing.get_context("spawn"), None, None
+        self.stderr_path = stderr_path
+        stderr_path.touch()
+
+    def stderr_lines(self) -> int:
+        """Lines the decoders have printed on stderr so far (they would reach a user's terminal)."""
+        return len(self.stderr_path.read_text(errors="replace").splitlines())
 
     def _start(self) -> None:
         self.conn, child = self.context.Pipe()
-        self.proc = self.context.Process(target=_decode_worker, args=(child,), daemon=True)
+        self.proc = self.context.Process(target=_decode_worker, args=(child, str(self.stderr_path)), daemon=True)
         self.proc.start()
         child.close()
 
@@ -226,6 +236,7 @@ def mutation_rows(decoder: Decoder, folder: Path, trials: int, seed: int) -> lis
     for k, (fmt, data) in enumerate(seeds.items()):
         rng = np.random.default_rng([seed, k])
         survived, problems, outcomes = 0, [], {"decoded": 0, "refused": 0}
+        printed = decoder.stderr_lines()
         for i in range(trials):
             damaged = _damage(data, rng)
             name = f"damaged-{fmt.lower()}-{i}.{fmt.lower()}"
@@ -235,9 +246,11 @@ def mutation_rows(decoder: Decoder, folder: Path, trials: int, seed: int) -> lis
             survived += not why
             problems += why
             outcomes["decoded" if results[0][0] == "ok" else "refused"] += 1
+        printed = decoder.stderr_lines() - printed
+        noise = f"; the C decoders printed {printed} warning lines on stderr" if printed else ""
         rows.append({"case": f"image: random damage to {fmt} files", "trials": trials, "survived": survived,
                      "data_lost": 0, "detail": "; ".join(problems[:3]) or
-                     f"{outcomes['decoded']} decoded, {outcomes['refused']} refused in one line"})
+                     f"{outcomes['decoded']} decoded, {outcomes['refused']} refused in one line{noise}"})
     return rows
 
 

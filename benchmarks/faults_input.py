@@ -280,7 +280,7 @@ def run_input_cases(quick: bool, seed: int) -> list[dict]:
         base = Path(tmp)
         (base / "images").mkdir()
         rows = _archive_rows(quick, base / "archives")
-        decoder = faults_images.Decoder()
+        decoder = faults_images.Decoder(base / "decoders-stderr.txt")
         try:
             rows += faults_images.named_rows(decoder, base / "images")
             rows.append(faults_images.pixel_bomb_row(base / "images"))

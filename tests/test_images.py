@@ -129,11 +129,15 @@ def test_missing_file_raises_alexnet_error(tmp_path):
         load_rgb(tmp_path / "nope.png")
 
 
-def test_decompression_bomb_becomes_alexnet_error(tmp_path, monkeypatch):
-    path = save(tmp_path, "big.png", Image.new("RGB", (40, 40)))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2 x limit: PIL refuses
-    with pytest.raises(AlexnetError, match="decompression bomb"):
+def test_an_image_over_the_pixel_limit_is_refused_naming_the_variable(tmp_path, monkeypatch):
+    path = save(tmp_path, "big.png", Image.new("RGB", (40, 30)))  # 1,200 pixels
+    monkeypatch.setenv("ALEXNET_MAX_IMAGE_PIXELS", "1199")
+    with pytest.raises(AlexnetError) as info:
         load_rgb(path)
+    assert str(info.value) == (f"refusing image {path}: 40x30 = 1,200 pixels, over the limit of 1,199 pixels; "
+                               "set ALEXNET_MAX_IMAGE_PIXELS to raise it")
+    monkeypatch.setenv("ALEXNET_MAX_IMAGE_PIXELS", "1200")  # at the limit: decoded
+    assert load_rgb(path).size == (40, 30)
 
 
 def test_unreadable_image_error_survives_pickling():
@@ -145,17 +149,18 @@ def test_unreadable_image_error_survives_pickling():
 
 def test_fit_square_of_40x20_image_gives_16x16_centre_crop():
     # Columns: 10 red | 20 green | 10 blue. Shrunk to 32x16 the green band covers
-    # columns 8..24, exactly the centre crop.
+    # columns 8..24, exactly the centre crop: pure green inside, blended with red and blue only at the
+    # edges (the antialiasing filter reaches over), the left edge the mirror image of the right.
     pixels = np.zeros((20, 40, 3), np.uint8)
     pixels[:, :10] = (255, 0, 0)
     pixels[:, 10:30] = (0, 255, 0)
     pixels[:, 30:] = (0, 0, 255)
-    img = Image.fromarray(pixels)
-    out = fit_square(img, 16)
+    out = fit_square(Image.fromarray(pixels), 16)
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
-    expected = np.asarray(img.resize((32, 16), Image.Resampling.BILINEAR).crop((8, 0, 24, 16)))
-    np.testing.assert_array_equal(out, expected)
     assert (out[:, 2:14, 1] == 255).all() and (out[:, 2:14, [0, 2]] == 0).all()
+    assert (out[:, :, 1] >= 128).all() and out[:, 0, 2].max() == 0 and out[:, 15, 0].max() == 0
+    np.testing.assert_array_equal(out, out[:, ::-1, ::-1])  # mirrored left-right with red and blue swapped
+    assert (out == out[:1]).all()  # every row alike: the image is the same all the way down
 
 
 def test_fit_square_of_tall_image_crops_vertically():
@@ -278,8 +283,10 @@ def test_decode_square_without_simplejpeg_gives_the_same_pixels(monkeypatch):
         images._fast_path_agrees.cache_clear()  # asked again once simplejpeg is back
 
 
-def test_decode_square_keeps_pils_pixel_limit(monkeypatch):
+def test_decode_square_keeps_the_pixel_limit_on_the_fast_path(monkeypatch):
     data = _jpeg_bytes(_noise("RGB", (40, 40)))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    with pytest.raises(AlexnetError, match="decompression bomb"):
+    assert images._plain_jpeg(data) is not None  # a plain JPEG: libjpeg-turbo would decode it
+    monkeypatch.setenv("ALEXNET_MAX_IMAGE_PIXELS", "1599")
+    with pytest.raises(AlexnetError, match="big.jpg: 40x40 = 1,600 pixels, over the limit of 1,599 pixels; "
+                                           "set ALEXNET_MAX_IMAGE_PIXELS"):
         decode_square(data, 32, "big.jpg")

@@ -34,17 +34,21 @@ def test_topk_accuracy_counts_label_within_k_best():
 
 
 def test_classification_metrics_schema_and_values():
-    rng = np.random.default_rng(0)
-    probs = rng.dirichlet(np.ones(10), size=50)
-    labels = rng.integers(0, 10, 50)
-    classes = [f"c{i}" for i in range(10)]
+    # Four samples, six classes (so top-5 is defined), values worked out by hand:
+    probs = np.array([[0.5, 0.1, 0.1, 0.1, 0.1, 0.1],     # label 0: predicted 0, right
+                      [0.4, 0.3, 0.1, 0.1, 0.05, 0.05],   # label 1: predicted 0, wrong; 2nd best, in the top 5
+                      [0.3, 0.25, 0.2, 0.15, 0.1, 0.0],   # label 5: predicted 0, wrong; the worst, not in the top 5
+                      [0.1, 0.1, 0.6, 0.1, 0.05, 0.05]])  # label 2: predicted 2, right
+    labels = np.array([0, 1, 5, 2])
+    classes = [f"c{i}" for i in range(6)]
     m = classification_metrics(probs, labels, classes)
     assert set(m) == {"accuracy", "top5", "num_samples", "classes", "per_class", "confusion_matrix"}
-    assert m["accuracy"] == pytest.approx((probs.argmax(1) == labels).mean())
-    assert m["num_samples"] == 50 and m["classes"] == classes
-    assert sum(map(sum, m["confusion_matrix"])) == 50
-    assert set(m["per_class"]["c3"]) == {"precision", "recall", "f1", "support"}
-    assert 0 <= m["top5"] <= 1
+    assert m["accuracy"] == pytest.approx(0.5) and m["top5"] == pytest.approx(0.75)
+    assert m["num_samples"] == 4 and m["classes"] == classes
+    assert [row[0] for row in m["confusion_matrix"]] == [1, 1, 0, 0, 0, 1] and m["confusion_matrix"][2][2] == 1
+    # c0: predicted 3 times, right once -> precision 1/3, recall 1/1, F1 2 * (1/3) / (4/3) = 0.5
+    assert m["per_class"]["c0"] == pytest.approx({"precision": 1 / 3, "recall": 1.0, "f1": 0.5, "support": 1})
+    assert m["per_class"]["c5"] == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
 
 
 def test_top5_is_null_with_five_classes_or_fewer():

@@ -1,23 +1,20 @@
 """Image folders packed as .tar.gz (such as a JPEG copy of CIFAR-10): read in memory, decoded once, cached.
 
 The archive is never extracted to disk: writing 50,000 small files cost 6.6 s of a cold start on the
-2-core box, reading the same members in memory 1 s. Members are checked as for the official archive
-(no absolute or `..` paths, no links or devices) and laid out by the same rules as an image folder
-(see `folder.py`): ``train/<class>/*``, optional ``val/`` and ``test/``, or ``<class>/*`` alone.
-The decoded arrays are cached under a key of the archive's path, size and modification time, so a warm
-start reads one .npz and never opens the tarball.
+2-core box, reading the same members in memory 1 s. Members are walked by `tarball.py` (no absolute or
+`..` paths, no links or devices, every inflated byte counted against the limits of `limits.py`) and laid
+out by the same rules as an image folder (see `folder.py`): ``train/<class>/*``, optional ``val/`` and
+``test/``, or ``<class>/*`` alone. The decoded arrays are cached under a key of the archive's path, size
+and modification time, so a warm start reads one .npz and never opens the tarball.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tarfile
 import tempfile
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +22,16 @@ import PIL
 
 from ..errors import AlexnetError
 from .cifar10 import FOLDER as CIFAR_FOLDER
-from .cifar10 import _member_name, member_parts
 from .folder import _IGNORED_NAMES, IMAGE_EXTENSIONS, decode_images
+from .tarball import first_member, member_parts, members
 
 _CACHE_FORMAT = 2
 
 
 def is_cifar_archive(tar_path: Path) -> bool:
     """True for the official python-batches archive (its first member is cifar-10-batches-py/...)."""
-    try:
-        with tarfile.open(tar_path, "r:*") as tar:
-            first = tar.next()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise AlexnetError(f"--data {tar_path} is not a readable .tar.gz archive ({e})") from None
-    return first is not None and CIFAR_FOLDER in first.name
+    first = first_member(tar_path)
+    return first is not None and CIFAR_FOLDER in first
 
 
 def archive_key(tar_path: Path, size: int | None = None) -> str:
@@ -47,55 +40,21 @@ def archive_key(tar_path: Path, size: int | None = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# Archives up to this size, compressed and uncompressed, are read and decompressed whole, then walked in
-# memory: 1.45 s instead of 2.3 s for the 50,000-JPEG CIFAR-10 copy (a gzip stream walked member by member
-# seeks and re-reads). Larger ones, or a gzip file of several members, are walked as a stream.
-WHOLE_READ_MAX_BYTES = 1 << 30
-
-
-def _gunzip_whole(data: bytes) -> bytes | None:
-    """The single-member gzip `data` decompressed, or None when it would exceed WHOLE_READ_MAX_BYTES or holds
-    several members (left to the streamed path); raises EOFError when the stream is cut short."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header and trailer
-    raw = inflater.decompress(data, WHOLE_READ_MAX_BYTES + 1)
-    if len(raw) > WHOLE_READ_MAX_BYTES or inflater.unconsumed_tail or inflater.unused_data:
-        return None
-    if not inflater.eof:
-        raise EOFError("compressed file ended before the end-of-stream marker was reached")
-    return raw
-
-
-def _open_archive(tar_path: Path) -> tuple[tarfile.TarFile, bytes | None]:
-    """The archive opened for reading, and its uncompressed bytes when they were read whole."""
-    if tar_path.stat().st_size <= WHOLE_READ_MAX_BYTES:
-        data = tar_path.read_bytes()
-        if data[:2] == b"\x1f\x8b":  # gzip magic; other compressions are left to tarfile
-            raw = _gunzip_whole(data)
-            if raw is None:
-                return tarfile.open(tar_path, "r:*"), None
-            return tarfile.open(fileobj=io.BytesIO(raw), mode="r:"), raw
-        return tarfile.open(fileobj=io.BytesIO(data), mode="r:*"), None
-    return tarfile.open(tar_path, "r:*"), None
+def _is_image(parts: tuple[str, ...]) -> bool:
+    return (bool(parts) and os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS
+            and all(not p.startswith(".") and p not in _IGNORED_NAMES for p in parts))
 
 
 def read_members(tar_path: Path) -> dict[str, bytes]:
-    """{checked relative name: bytes} of the visible image files in the archive."""
+    """{checked relative name: bytes} of the visible image files in the archive, read one member at a time
+    (see `tarball.members`); other members are checked and skipped unread."""
     found: dict[str, bytes] = {}
-    try:
-        tar, whole = _open_archive(tar_path)
-        with tar:
-            for member in tar:
-                name = _member_name(member, tar_path)  # refuses escapes, links and devices
-                parts = member_parts(name)
-                if (member.isfile() and parts and os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS
-                        and all(not p.startswith(".") and p not in _IGNORED_NAMES for p in parts)):
-                    if whole is not None and not member.issparse():  # a slice of the bytes in memory
-                        found[name] = whole[member.offset_data:member.offset_data + member.size]
-                    else:
-                        handle = tar.extractfile(member)
-                        found[name] = handle.read() if handle is not None else b""
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise AlexnetError(f"cannot read --data {tar_path} ({e}); check the archive") from None
+    for member in members(tar_path):
+        if member.is_dir or not _is_image(member_parts(member.name)):
+            continue
+        if member.name in found:  # which copy would win is up to the order of the walk: refuse instead
+            raise AlexnetError(f"refusing {tar_path}: member {member.name!r} appears twice; pack each file once")
+        found[member.name] = member.read()
     return found
 
 

@@ -20,7 +20,6 @@ are also checked against the official MD5 before extraction.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import http.client
 import importlib
@@ -28,17 +27,16 @@ import os
 import pickle
 import shutil
 import sys
-import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from alexnet.data import tarball
 from alexnet.errors import AlexnetError
 
 __all__ = [
@@ -235,36 +233,12 @@ class DownloadBar:
 # ----------------------------------------------------------------------------- extraction
 
 
-def member_parts(name: str) -> tuple[str, ...]:
-    """``PurePosixPath(name).parts`` of a relative name without building a path object: an archive of
-    50,000 images asks for them several times a member (1.6 s of a cold start on the 2-core box)."""
-    return tuple(p for p in name.split("/") if p and p != ".")
-
-
-def _member_name(member: tarfile.TarInfo, tar_path: Path) -> str:
-    """The member's normalised name; refuse anything that could land outside ``dest``
-    or is not a plain file or folder (the official archive has none of these)."""
-    name = member.name.replace("\\", "/")
-    parts = member_parts(name)
-    if name.startswith("/") or (parts and ":" in parts[0]) or ".." in parts:
-        raise AlexnetError(f"refusing {tar_path}: member {member.name!r} points outside the archive; use the official {ARCHIVE}")
-    if not (member.isfile() or member.isdir()):
-        kind = "link" if (member.issym() or member.islnk()) else "device or special file"
-        raise AlexnetError(f"refusing {tar_path}: member {member.name!r} is a {kind}; use the official {ARCHIVE}")
-    while name.startswith("./"):
-        name = name[2:]
-    return name.rstrip("/")
-
-
-def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, dest: Path) -> None:
-    """Write one checked member to ``dest/name``; tarfile's 'data' filter is a second guard."""
-    if member.name != name:  # e.g. "./cifar-10-batches-py/..." is written without the "./"
-        member = copy.copy(member)
-        member.name = name
-    if hasattr(tarfile, "data_filter"):
-        tar.extract(member, dest, filter="data")
-    else:  # Python without extraction filters: our own checks above already apply
-        tar.extract(member, dest)
+def _write_member(dest: Path, name: str, data: bytes) -> None:
+    """Write one checked member's bytes to ``dest/name`` (``name`` is one of MEMBERS, so it stays inside)."""
+    path = dest / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "xb") as out:
+        out.write(data)
 
 
 def _folder_complete(folder: Path) -> bool:
@@ -276,8 +250,9 @@ def safe_extract(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str])
 
     Only the known member names are extracted; other plain members are
     skipped. Any member with an absolute or ``..`` path, any link or device,
-    a duplicate or oversized data member, or a missing one makes it refuse with
-    an ``AlexnetError``. Extraction happens in a temporary folder that is
+    a duplicate or oversized data member, a missing one, or an archive that
+    breaks a rule or limit of ``tarball.members`` makes it refuse with an
+    ``AlexnetError``. Extraction happens in a temporary folder that is
     renamed into place at the end, so a failure leaves nothing half-written.
     """
     tar_path = Path(tar_path).expanduser()
@@ -290,27 +265,24 @@ def safe_extract(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str])
         raise AlexnetError(f"cannot write to {dest} ({exc.strerror or exc}); set ALEXNET_DATA to a writable folder") from exc
     try:
         found: set[str] = set()
-        try:
-            # Streaming iteration reads the gzip stream once, extracting as members pass by.
-            with tarfile.open(tar_path, "r:*") as tar:
-                for member in tar:
-                    name = _member_name(member, tar_path)
-                    if name not in MEMBERS:
-                        continue
-                    if name in found:
-                        raise AlexnetError(f"refusing {tar_path}: member {name!r} appears twice; use the official {ARCHIVE}")
-                    if not member.isfile() or member.size > _MAX_MEMBER_BYTES:
-                        raise AlexnetError(
-                            f"refusing {tar_path}: member {name!r} is not a regular file of plausible size; "
-                            f"use the official {ARCHIVE}"
-                        )
-                    _extract_member(tar, member, name, tmp)
-                    found.add(name)
-        except tarfile.FilterError as exc:
-            raise AlexnetError(f"refusing {tar_path}: {exc}; use the official {ARCHIVE}") from exc
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise AlexnetError(f"cannot extract {tar_path} ({reason}); download {ARCHIVE} again") from exc
+        # One walk over the gzip stream, every member checked and counted (tarball.py), the known ones written.
+        for member in tarball.members(tar_path, hint=f"use the official {ARCHIVE}", fix=f"download {ARCHIVE} again"):
+            if member.name not in MEMBERS:
+                continue
+            if member.name in found:
+                raise AlexnetError(f"refusing {tar_path}: member {member.name!r} appears twice; use the official {ARCHIVE}")
+            if member.is_dir or member.size > _MAX_MEMBER_BYTES:
+                raise AlexnetError(
+                    f"refusing {tar_path}: member {member.name!r} is not a regular file of at most "
+                    f"{_MAX_MEMBER_BYTES >> 20} MiB (the real batches are 31 MB); use the official {ARCHIVE}"
+                )
+            data = member.read()
+            try:
+                _write_member(tmp, member.name, data)
+            except OSError as exc:
+                raise AlexnetError(f"cannot write {tmp / member.name} ({exc.strerror or exc}); free some space "
+                                   f"or set ALEXNET_DATA to another folder") from exc
+            found.add(member.name)
         missing = [name for name in _NEEDED if name not in found]
         if missing:
             raise AlexnetError(

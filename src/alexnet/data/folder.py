@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 
-from alexnet.data.images import UnreadableImageError, decode_square, fit_square, load_rgb
+from alexnet.data.images import UnreadableImageError, decode_square, fit_square, load_rgb, read_image_file
 from alexnet.errors import AlexnetError
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderScan", "scan_folder", "decode_images", "load_folder"]
@@ -190,7 +190,7 @@ def _load_square(item: ImageSource, size: int) -> np.ndarray:
     if isinstance(item, tuple):
         return decode_square(item[1], size, item[0])
     try:
-        data = Path(item).read_bytes()
+        data = read_image_file(item)  # refuses a FIFO, or a file over ALEXNET_MAX_IMAGE_BYTES, before reading
     except OSError:
         return fit_square(load_rgb(item), size)  # it names why the file cannot be read
     return decode_square(data, size, item)
@@ -242,7 +242,7 @@ def _chunks(start: int, stop: int, size: int, workers: int) -> list[tuple[int, i
 # The items being decoded and the array they go into, for workers started by fork: they inherit the list
 # instead of receiving their chunk's encoded bytes through a pipe, and write pixels straight into the
 # output, which lives in a shared anonymous mapping, instead of sending them back (50,000 CIFAR JPEGs:
-# 3.95 -> 3.53 s, benchmarks/NOTES.md, 2026-11-28).
+# 3.95 -> 3.53 s on a 2-core AVX2-only CPU; benchmarks/NOTES.md, "The cold start").
 _FORK_ITEMS: Sequence[ImageSource] = ()
 _FORK_OUT: np.ndarray | None = None
 

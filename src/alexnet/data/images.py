@@ -1,11 +1,17 @@
 """Decode any image file to 8-bit RGB, safely, and map it onto a square grid.
 
-Every image that enters the project (training folders, prediction inputs) goes
+Every image that enters the project (training folders, prediction inputs, the service) goes
 through :func:`load_rgb` and then :func:`fit_square`, so a picture is turned
 into pixels the same way whether it is being learned from or classified.
 :func:`decode_square` is the bulk path for in-memory datasets: plain JPEGs go
 straight through libjpeg-turbo (``simplejpeg``), the same pixels PIL gives
 without its per-image overhead, and everything else through the two above.
+
+Untrusted files are bounded before they are decoded (see ``limits.py``): a file over
+ALEXNET_MAX_IMAGE_BYTES is not read, an image whose header declares more than
+ALEXNET_MAX_IMAGE_PIXELS pixels is not decoded (Pillow's decompression-bomb warning is an
+error here), and only the formats in :data:`FORMATS` are opened, so none of Pillow's
+rarer decoders (or Ghostscript, for EPS) ever sees a file named ``.jpg``.
 """
 
 from __future__ import annotations
@@ -13,10 +19,14 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
+import stat
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
+from alexnet.data.limits import IMAGE_BYTES, IMAGE_PIXELS
 from alexnet.errors import AlexnetError
 
 try:
@@ -24,7 +34,19 @@ try:
 except ImportError:  # a speed-up only (e.g. a checkout run from source without it): PIL decodes the same pixels
     simplejpeg = None
 
-__all__ = ["UnreadableImageError", "load_rgb", "fit_square", "decode_square"]
+__all__ = ["FORMATS", "ImageTooLargeError", "UnreadableImageError", "load_rgb", "fit_square", "decode_square",
+           "read_image_file"]
+
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+"""The Pillow formats an image may be in, whatever its name says (camera MPO files open as JPEG)."""
+
+# Pillow warns about an image over its pixel threshold and decodes it anyway; the same limit is an error
+# here (IMAGE_PIXELS), so its warning is one too: it then never prints a second line before the refusal.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+# Damaged metadata in a file that decodes (or that load_rgb refuses with its own line) is not worth a
+# second line on stderr.
+warnings.filterwarnings("ignore", message=r"(Possibly )?[Cc]orrupt EXIF|Metadata Warning|Truncated File Read|"
+                        r"Tag data larger than file", category=UserWarning, module=r"PIL\.")
 
 _EXIF_ORIENTATION = 0x0112
 # Modes whose alpha (or premultiplied alpha) must be flattened rather than dropped:
@@ -36,6 +58,7 @@ _JPEG_START = b"\xff\xd8\xff"
 # JPEGs stored as RGB are left to PIL.
 _PLAIN_COLOURSPACES = frozenset({"YCbCr", "Gray"})
 _SOS, _APP1 = 0xDA, 0xE1  # JPEG markers: start of the image data; the EXIF / XMP segment
+_BOMB_SIZE = re.compile(r"\((\d+) pixels\)")
 
 
 class UnreadableImageError(AlexnetError):
@@ -51,6 +74,68 @@ class UnreadableImageError(AlexnetError):
         return (type(self), (self.path, self.reason))
 
 
+class ImageTooLargeError(UnreadableImageError):
+    """An image over a limit of ``limits.py`` (file size or pixels), refused before it is decoded."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(path, reason)
+        AlexnetError.__init__(self, f"refusing image {self.path}: {reason}")
+
+
+def _too_large(path, amount: str, limit) -> ImageTooLargeError:
+    value = limit.get()
+    return ImageTooLargeError(path, f"{amount}, over the limit of {limit.describe(value)}; "
+                                    f"set {limit.var} to raise it")
+
+
+def _pixel_limit() -> int:
+    """IMAGE_PIXELS in force; Pillow's own threshold is raised to it when the variable asks for more, so
+    Pillow does not refuse (inside ``Image.open``) what the variable allows."""
+    limit = IMAGE_PIXELS.get()
+    if Image.MAX_IMAGE_PIXELS and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+    return limit
+
+
+def _check_pixels(path, width: int, height: int, limit: int) -> None:
+    """Refuse an image whose declared size is over ``limit``, before its pixels are decoded."""
+    if width * height > limit:
+        raise _too_large(path, f"{width}x{height} = {width * height:,} pixels", IMAGE_PIXELS)
+
+
+def _check_bytes(path, size: int) -> None:
+    if size > IMAGE_BYTES.get():
+        raise _too_large(path, f"the file holds {size:,} bytes", IMAGE_BYTES)
+
+
+def _check_file(path: str | os.PathLike[str]) -> None:
+    """A path must name a regular file (a FIFO or device would block or never end) within IMAGE_BYTES."""
+    st = os.stat(path)  # FileNotFoundError etc. are named by the caller
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableImageError(path, "not a regular file")
+    _check_bytes(path, st.st_size)
+
+
+def _check_stream(fp) -> None:
+    """The size of an in-memory or seekable file object, checked as a file's would be."""
+    if isinstance(fp, io.BytesIO):
+        _check_bytes("<bytes>", fp.getbuffer().nbytes)
+    elif fp.seekable():
+        here = fp.tell()
+        _check_bytes("<stream>", fp.seek(0, io.SEEK_END) - here)
+        fp.seek(here)
+
+
+def read_image_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file, checked first: a regular file within ALEXNET_MAX_IMAGE_BYTES
+    (:class:`UnreadableImageError` otherwise). Other ``OSError``\\s (missing, unreadable) propagate."""
+    _check_file(path)
+    with open(path, "rb") as handle:
+        return handle.read(IMAGE_BYTES.get() + 1)
+
+
 def _reason(exc: BaseException) -> str:
     """A short one-line description of why decoding failed."""
     if isinstance(exc, FileNotFoundError):
@@ -60,9 +145,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, PermissionError):
         return "permission denied"
     if isinstance(exc, UnidentifiedImageError):
-        return "not a recognised image file"
-    if isinstance(exc, Image.DecompressionBombError):
-        return "too many pixels; PIL refuses it as a possible decompression bomb"
+        return f"not a recognised image file; accepted formats: {', '.join(FORMATS)}"
     text = " ".join(str(exc).split())
     if isinstance(exc, OSError) and "truncated" in text.lower():
         return "truncated"
@@ -125,22 +208,38 @@ def _upright(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image file and return it fully decoded, upright, in mode ``RGB``.
+def _bomb(path, exc: Exception) -> ImageTooLargeError:
+    """Pillow's own refusal (its threshold, or twice it) said in our terms."""
+    found = _BOMB_SIZE.search(str(exc))
+    amount = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return _too_large(path, amount, IMAGE_PIXELS)
+
+
+def load_rgb(path: str | os.PathLike[str] | io.IOBase) -> Image.Image:
+    """Open an image file (a path or a binary file object) and return it fully decoded, upright, in mode ``RGB``.
 
     - EXIF orientation is applied, so photos appear the way viewers show them.
     - Transparency (RGBA, LA, palette or colour-key transparency) is composited
       onto a white background; grey, 1-bit, palette and CMYK images are
       converted; 16-bit images are scaled to 8 bits (divide by 257).
     - The whole file is decoded here, so a truncated file fails now, not later.
-    - PIL's decompression-bomb limit is kept (``Image.MAX_IMAGE_PIXELS``).
+    - Limits (``limits.py``): a file over ALEXNET_MAX_IMAGE_BYTES is not read, an
+      image over ALEXNET_MAX_IMAGE_PIXELS is not decoded (:class:`ImageTooLargeError`);
+      only :data:`FORMATS` are opened.
     - Animated images give their first frame.
 
     Raises :class:`UnreadableImageError` (an ``AlexnetError``) naming the file
     when it is missing, not an image, corrupt, truncated or too large.
     """
+    name = path if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "<bytes>")
     try:
-        with Image.open(path) as img:
+        if isinstance(path, (str, os.PathLike)):
+            _check_file(path)
+        else:
+            _check_stream(path)
+        limit = _pixel_limit()
+        with Image.open(path, formats=FORMATS) as img:
+            _check_pixels(name, *img.size, limit)
             img.load()
             rgb = _to_rgb(_upright(img))
             if rgb is img:
@@ -148,10 +247,14 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
                 rgb = img.copy()
             rgb.load()
             return rgb
+    except ImageTooLargeError as exc:
+        raise ImageTooLargeError(name, exc.reason) from None
     except AlexnetError:
         raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise _bomb(name, exc) from None
     except Exception as exc:  # noqa: BLE001 - PIL decoders raise many types on bad input
-        raise UnreadableImageError(path, _reason(exc)) from exc
+        raise UnreadableImageError(name, _reason(exc)) from exc
 
 
 def fit_square(img: Image.Image, size: int) -> np.ndarray:
@@ -161,7 +264,9 @@ def fit_square(img: Image.Image, size: int) -> np.ndarray:
     resized (bilinear; PIL widens the filter when shrinking, so this
     antialiases) so that its shorter side is ``size``, then the centre square
     is cropped. This is the single place where arbitrary images are mapped
-    onto the model's input grid.
+    onto the model's input grid. (A sliver such as 1 x 80,000 px would be
+    resized to billions of pixels first: its centre square is cut out of the
+    original and resized instead.)
     """
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
         raise AlexnetError(f"image size must be a positive integer, got {size!r}; pass e.g. --image-size 32")
@@ -174,10 +279,15 @@ def fit_square(img: Image.Image, size: int) -> np.ndarray:
         # max(): rounding must never leave the shorter side below `size`.
         new_w = max(size, round(width * scale))
         new_h = max(size, round(height * scale))
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        left = (new_w - size) // 2
-        top = (new_h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
+        if new_w * new_h > max(width * height, IMAGE_PIXELS.default):
+            side = min(width, height)
+            left, top = (width - side) // 2, (height - side) // 2
+            img = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+        else:
+            img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+            left = (new_w - size) // 2
+            top = (new_h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
     array = np.array(img, dtype=np.uint8)  # a copy: writable and independent of PIL
     return array.reshape(size, size, 3)
 
@@ -227,30 +337,31 @@ def _decode_turbo(data: bytes) -> np.ndarray:
 
 def _plain_jpeg(data: bytes) -> np.ndarray | None:
     """RGB pixels (H, W, 3) of a JPEG that needs nothing from PIL: YCbCr or grey, no APP1 segment (so no EXIF
-    or XMP orientation to apply), within PIL's pixel limit. None for anything else, anything libjpeg-turbo
-    rejects, or when the two decoders disagree: PIL then decodes it, or names why it cannot."""
+    or XMP orientation to apply), within ALEXNET_MAX_IMAGE_PIXELS. None for anything else, anything
+    libjpeg-turbo rejects, or when the two decoders disagree: PIL then decodes it, or names why it cannot."""
     if simplejpeg is None or not data.startswith(_JPEG_START) or _has_app1(data) is not False:
         return None
     try:
         height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
-        too_big = Image.MAX_IMAGE_PIXELS and height * width > Image.MAX_IMAGE_PIXELS
+        too_big = height * width > IMAGE_PIXELS.get()
         if colourspace not in _PLAIN_COLOURSPACES or too_big or not _fast_path_agrees():
             return None
         return _decode_turbo(data)
-    except ValueError:  # truncated or corrupt
+    except (ValueError, RuntimeError, OSError):  # truncated or corrupt: PIL says why
         return None
 
 
 def decode_square(data: bytes, size: int, name: str | os.PathLike[str]) -> np.ndarray:
     """The encoded bytes of an image file as ``fit_square(load_rgb(file), size)``, ~8x faster for plain
     JPEGs (12 against 103 us for a CIFAR-sized one, the same pixels). Raises
-    :class:`UnreadableImageError` naming ``name``."""
+    :class:`UnreadableImageError` naming ``name`` (:class:`ImageTooLargeError` over a limit)."""
+    _check_bytes(name, len(data))
     pixels = _plain_jpeg(data)
     if pixels is None:
         try:
             return fit_square(load_rgb(io.BytesIO(data)), size)
         except UnreadableImageError as exc:
-            raise UnreadableImageError(name, exc.reason) from None
+            raise type(exc)(name, exc.reason) from None
     if pixels.shape[:2] == (size, size):
         return pixels
     return fit_square(Image.fromarray(pixels), size)

@@ -8,7 +8,12 @@ intensity and colour of the illumination but not the object's identity.
 
 Both statistics come from a seeded sample of the training images (downscaled, so a couple of
 thousand ImageNet JPEGs take seconds) and can be cached as one small JSON file, so a run on a
-million images does not rescan them at every start.
+million images does not rescan them at every start. The cache is keyed by content: the sampled
+files' paths (relative to the dataset's root), sizes and modification times, the number of files
+and the settings. That is exactly what the statistics depend on (the sample is drawn from the file
+count and the seed), it costs one stat per sampled file (milliseconds, where hashing their bytes
+would read as much as recomputing), it is the same in every process, and a copy of the dataset
+that keeps its timestamps (cp -a, rsync -t) still hits.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from alexnet.data.images import load_rgb
 
 __all__ = ["ColorStats", "LightingPCA", "color_stats", "dataset_mean_std", "lighting_generator"]
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: keyed by the sampled files' sizes and mtimes, not their names alone
 # Distinguishes the lighting random stream from any other stream derived from the same seed.
 _LIGHTING_STREAM = 0x11647
 
@@ -89,11 +94,22 @@ def _compute(names: Sequence[str], size: int) -> ColorStats:
     return ColorStats(mean.tolist(), std.tolist(), vals.tolist(), vecs.tolist())
 
 
-def _cache_key(names: Sequence[str], total: int, max_images: int, seed: int, size: int) -> str:
-    """Changes when the sampled files, the dataset size or the settings change."""
-    digest = hashlib.sha256(json.dumps([_CACHE_FORMAT, total, max_images, seed, size]).encode())
+def _settings(total: int, max_images: int, seed: int, size: int) -> list:
+    return [_CACHE_FORMAT, total, max_images, seed, size]
+
+
+def _cache_key(names: Sequence[str], settings: list, root: str | os.PathLike[str] | None) -> str:
+    """sha256 over the settings and each sampled file's path (relative to ``root``), size and mtime."""
+    digest = hashlib.sha256(json.dumps(settings).encode())
+    prefix = os.path.join(os.fspath(root), "") if root is not None else ""
     for name in names:
-        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            st = os.stat(name)
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:  # decoding it will name the problem; the key just must not match a good entry
+            stamp = "missing"
+        relative = name[len(prefix):] if prefix and name.startswith(prefix) else name
+        digest.update(f"{relative}\0{stamp}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -115,12 +131,13 @@ def _read_cache(path: Path, key: str) -> ColorStats | None:
         return None
 
 
-def _write_cache(path: Path, key: str, stats: ColorStats) -> None:
+def _write_cache(path: Path, key: str, stats: ColorStats, extra: dict | None = None) -> None:
     """Write atomically (temp file + rename); a failure only costs the speed-up, so it warns."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"format": _CACHE_FORMAT, "key": key, **stats.__dict__}), encoding="utf-8")
+        record = {"format": _CACHE_FORMAT, "key": key, **(extra or {}), **stats.__dict__}
+        tmp.write_text(json.dumps(record), encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
         warnings.warn(f"could not write colour statistics to {path} ({exc}); continuing without the cache",
@@ -128,23 +145,43 @@ def _write_cache(path: Path, key: str, stats: ColorStats) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _remove_superseded(folder: Path, keep: Path, root: str, settings: list) -> None:
+    """Entries of the same dataset root and settings but an older key: the dataset changed since."""
+    for other in folder.glob("*.json"):
+        try:
+            if other != keep:
+                old = json.loads(other.read_text(encoding="utf-8"))
+                if old.get("root") == root and old.get("settings") == settings:
+                    other.unlink()
+        except Exception:  # noqa: BLE001 - cleanup is best effort
+            continue
+
+
 def color_stats(paths: Sequence[str | os.PathLike[str]], cache_path: str | os.PathLike[str] | None = None, *,
+                cache_dir: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] | None = None,
                 max_images: int = 2000, seed: int = 0, size: int = 64) -> ColorStats:
     """Mean, std and RGB eigen-decomposition of a seeded sample of ``max_images`` training images.
 
-    Each sampled image is decoded with ``load_rgb`` and squeezed to ``size`` px. With
-    ``cache_path`` the result is stored there as JSON and reused while the sample (file names),
-    the number of files and the settings stay the same; a missing, stale or corrupt file is
-    recomputed. An unreadable sampled image raises ``UnreadableImageError`` naming it.
+    Each sampled image is decoded with ``load_rgb`` and squeezed to ``size`` px. The result is cached
+    as JSON, in the file ``cache_path`` or in ``cache_dir`` under a name made of its content key (see
+    the module docstring; ``root``, the dataset's folder, makes the key independent of where the dataset
+    lies), and reused while the sampled files, their number and the settings stay the same; a missing,
+    stale or corrupt entry is recomputed. An unreadable sampled image raises ``UnreadableImageError``.
     """
     names = _sample(paths, max_images, seed)
-    key = _cache_key(names, len(paths), max_images, seed, size)
+    settings = _settings(len(paths), max_images, seed, size)
+    key = _cache_key(names, settings, root)
     cache = Path(cache_path).expanduser() if cache_path is not None else None
+    if cache is None and cache_dir is not None:
+        cache = Path(cache_dir).expanduser() / f"{key[:16]}.json"
     if cache is not None and (stats := _read_cache(cache, key)) is not None:
         return stats
     stats = _compute(names, size)
     if cache is not None:
-        _write_cache(cache, key, stats)
+        where = os.fspath(Path(root).resolve()) if root is not None else None
+        _write_cache(cache, key, stats, {"root": where, "settings": settings})
+        if cache_path is None and where is not None:
+            _remove_superseded(cache.parent, cache, where, settings)
     return stats
 
 

@@ -79,7 +79,7 @@ def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     bf16 instructions and none otherwise; none on MPS.
 
     A CPU with AVX512_BF16 ran `cifar10-best`'s training step 1.9x faster under bf16 autocast; one without
-    bf16 units (the AVX2-only dev box) ran it >10x slower, so there it stays off (benchmarks/NOTES.md).
+    bf16 units (a 2-core AVX2-only CPU) ran it >10x slower, so there it stays off (benchmarks/NOTES.md).
     """
     if amp == "bf16":
         return torch.bfloat16
