@@ -210,6 +210,19 @@ def damaged(draw) -> tuple[str, bytes]:
     return fmt, bytes(data)
 
 
+def test_a_sliver_gets_the_streamed_centre_view_without_a_giant_resize():
+    # Shorter side to 256 would make a 1 x 3,000,000 px strip 256 x 768,000,000; the view is cut first.
+    from alexnet.data.prepare import centre_view
+
+    strip = np.zeros((1, 3_000_000, 3), dtype=np.uint8)
+    strip[0, 1_499_000:1_501_000] = (250, 20, 40)  # the centre 2,000 px are red, the rest black
+    view = centre_view(Image.fromarray(strip), 224, 256)
+    assert view.shape == (224, 224, 3)
+    # The centre square of the resized strip spans 224/256 of one source pixel's height and ~0.9 px of
+    # its width around the middle: all red.
+    assert (view == np.array([250, 20, 40], dtype=np.uint8)).all()
+
+
 @settings(derandomize=True, max_examples=250, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(damaged())

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import AlexnetError
-from .images import UnreadableImageError, decode_square, fit_square, load_rgb
+from .images import IMAGE_PIXELS, UnreadableImageError, decode_square, fit_square, load_rgb
 
 try:
     import simplejpeg
@@ -85,6 +85,14 @@ def centre_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
 
 def centre_view(img: Image.Image, size: int, resize: int) -> np.ndarray:
     """The evaluation view of one image: shorter side to `resize`, then the centre `size` square (HWC uint8)."""
+    width, height = img.size
+    scale = resize / min(width, height)
+    new = (max(resize, int(width * scale)), max(resize, int(height * scale)))
+    if new[0] * new[1] > max(width * height, IMAGE_PIXELS.default):
+        # A sliver (say 1 x 3,000,000 px) would be resized to hundreds of millions of pixels first: resize only
+        # the part of the original that becomes the centre square.
+        box = tuple(v / scale for v in centre_box(*new, size))
+        return np.asarray(img.resize((size, size), _BILINEAR, box=box))
     img = resize_shorter(img, resize)
     return np.asarray(img.crop(centre_box(*img.size, size)))
 
