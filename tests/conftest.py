@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +66,91 @@ def trained_run(tiny_folder, tmp_path_factory):
     result = run_cli("train", "--data", tiny_folder, "--out", run, *TRAIN_FLAGS, env={"ALEXNET_DATA": str(cache)})
     assert result.returncode == 0, result.stderr
     return run
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run, tmp_path_factory) -> Path:
+    """`trained_run` exported as `alexnet export` writes it: config.json, model.safetensors, model.onnx, README.md."""
+    from alexnet.export import export_model
+
+    out = tmp_path_factory.mktemp("exported") / "model"
+    export_model(trained_run, out)
+    return out
+
+
+# `python -c BLOCK_TORCH ARGS` runs the alexnet command with torch unimportable (as on a machine without it).
+BLOCK_TORCH = """
+import sys
+tried = []
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            tried.append(name)
+            raise ImportError("torch is blocked: this path must not import it")
+sys.meta_path.insert(0, NoTorch())
+from alexnet.cli import main
+code = main(sys.argv[1:])
+if tried or "torch" in sys.modules:
+    print(f"torch was imported: {tried}", file=sys.stderr)
+    code = 3
+sys.exit(code)
+"""
+
+
+class Service:
+    """A running `alexnet serve` process: its base URL, and its stderr once stopped."""
+
+    def __init__(self, proc: subprocess.Popen, url: str, stderr_path: Path):
+        self.proc, self.url, self.stderr_path = proc, url, stderr_path
+        self.stdout = ""  # what it printed after its first line, once stopped
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not self.proc.stdout.closed:
+            self.stdout += self.proc.stdout.read()
+        return self.proc.returncode
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+
+@contextlib.contextmanager
+def serving(model: Path, *flags: str, tmp_path: Path, block_torch: bool = False, env: dict | None = None):
+    """`alexnet serve MODEL --port 0 FLAGS` in its own process, yielded once /health answers; stopped with SIGTERM."""
+    import httpx
+
+    prefix = [sys.executable, "-c", BLOCK_TORCH] if block_torch else [sys.executable, "-m", "alexnet"]
+    stderr_path = tmp_path / f"serve-{len(list(tmp_path.glob('serve-*')))}.stderr"
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen([*prefix, "serve", str(model), "--port", "0", *flags], stdout=subprocess.PIPE,
+                                stderr=err, text=True, env={**os.environ, **(env or {})})
+    service = None
+    try:
+        line = proc.stdout.readline()  # "serving MODEL (...) on http://127.0.0.1:PORT  (Ctrl-C stops)"
+        match = re.search(r" on (http://\S+)", line)
+        assert match, f"no URL from alexnet serve: {line!r} {stderr_path.read_text()}"
+        service = Service(proc, match.group(1), stderr_path)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(service.url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, stderr_path.read_text()
+            time.sleep(0.05)
+        yield service
+    finally:
+        if service is not None:
+            service.stop()
+        elif proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()

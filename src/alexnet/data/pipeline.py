@@ -7,39 +7,25 @@ in every checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
-from ..config import DataConfig
+from ..config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from ..errors import AlexnetError
 from .memory import BatchLoader, Normalizer, channel_stats, stratified_split, to_device_tensor
+# InputSpec and prepare_image live in the torch-free prepare.py (onnxruntime serving uses them without torch).
+from .prepare import InputSpec, prepare_image
 from .sources import cache_root, is_cifar_source, load_splits
+
+if TYPE_CHECKING:
+    from .folder import FolderScan
 
 # Above this side (px) a folder's images are streamed from disk rather than decoded into memory.
 STREAM_ABOVE_PX = 64
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How raw images become model input: 'memory' stores them at store_size; 'stream' resizes then crops."""
-
-    kind: str  # memory | stream
-    image_size: int
-    store_size: int | None = None  # memory: the stored square side
-    resize: int | None = None  # stream: shorter side before the centre crop
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
-        return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
 
 
 @dataclass
@@ -64,27 +50,42 @@ class TrainData:
     num_train: int
 
 
-def wants_streaming(cfg: DataConfig) -> bool:
-    """auto: CIFAR and folders of small images go to memory; folders of photos are streamed."""
+def fixed_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) fixed by the config (ImageNet's, for pretrained weights); None: measure the training images."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if cfg.input_stats == "imagenet" else None
+
+
+def folder_scan(cfg: DataConfig) -> FolderScan | None:
+    """The one walk of an image folder's tree that a set-up shares (an ImageNet-style tree holds a million
+    files); None where no walk is needed here: CIFAR, archives, or in-memory loading (which scans itself)."""
+    if cfg.loader == "memory" or is_cifar_source(cfg.source) or cfg.source.endswith((".tar.gz", ".tgz")):
+        return None
+    from .folder import scan_folder
+
+    return scan_folder(Path(cfg.source))
+
+
+def wants_streaming(cfg: DataConfig, scan: FolderScan | None = None) -> bool:
+    """auto: CIFAR and folders of small images go to memory; folders of photos are streamed. `scan`: the
+    folder's `folder_scan`, when the caller has it."""
     if cfg.loader != "auto":
         return cfg.loader == "stream"
     if is_cifar_source(cfg.source) or cfg.source.endswith((".tar.gz", ".tgz")):
         return False
     from PIL import Image
 
-    from .folder import scan_folder
-
-    scan = scan_folder(Path(cfg.source))
+    scan = scan or folder_scan(cfg)
     first = scan.splits["train"][0][0]
     with Image.open(first) as im:  # reads the header only
         return min(im.size) > STREAM_ABOVE_PX
 
 
-def file_splits(cfg: DataConfig) -> tuple[dict[str, tuple[list[Path], np.ndarray]], list[str]]:
+def file_splits(cfg: DataConfig, scan: FolderScan | None = None
+                ) -> tuple[dict[str, tuple[list[Path], np.ndarray]], list[str]]:
     """Streaming: file lists per split, with the same seeded, stratified validation hold-out."""
     from .folder import scan_folder
 
-    scan = scan_folder(Path(cfg.source))
+    scan = scan or scan_folder(Path(cfg.source))
     paths, labels = scan.splits["train"]
     labels = np.asarray(labels, dtype=np.int64)
     train_idx, val_idx = stratified_split(labels, cfg.val_split, cfg.split_seed)
@@ -122,19 +123,25 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
                    spec: InputSpec | None = None, lighting: dict | None = None) -> TrainData:
     """Loaders for the training and validation splits; `spec`/`lighting` come from a checkpoint on resume."""
     shard = {"rank": rank, "world_size": world_size}
-    eval_batch = max(batch_size, 256) if not wants_streaming(cfg) else batch_size
-    if wants_streaming(cfg):
+    scan = folder_scan(cfg)  # walked once, shared by the decisions below
+    streaming = wants_streaming(cfg, scan)
+    eval_batch = max(batch_size, 256) if not streaming else batch_size
+    if streaming:
         from .lighting import LightingPCA, color_stats
 
         if cfg.cutout:
             raise AlexnetError(f"--cutout works on in-memory data only, and {cfg.source} is streamed; "
                                "drop --cutout or pass --loader memory")
 
-        files, classes = file_splits(cfg)
+        files, classes = file_splits(cfg, scan)
         paths, labels = files["train"]
         if spec is None:
-            stats = color_stats(paths, cache_root(cfg.cache_dir) / "color-stats" / f"{abs(hash(cfg.source))}.json")
-            spec = InputSpec("stream", image_size, resize=cfg.resize, mean=tuple(stats.mean), std=tuple(stats.std))
+            fixed = fixed_stats(cfg)
+            # Keyed by the sampled files' content (lighting.py): the same entry in every process and run.
+            stats = None if fixed and not cfg.lighting else color_stats(
+                paths, cache_dir=cache_root(cfg.cache_dir) / "color-stats", root=scan.root if scan else None)
+            mean, std = fixed or (tuple(stats.mean), tuple(stats.std))
+            spec = InputSpec("stream", image_size, resize=cfg.resize, mean=mean, std=std)
             lighting = LightingPCA.from_stats(stats).to_dict() if cfg.lighting else None
         pca = LightingPCA.from_dict(lighting) if lighting else None
         train = stream_loader(paths, labels, batch_size, spec, cfg, device, train=True, seed=seed, lighting=pca,
@@ -149,7 +156,7 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
 
     splits = load_splits(cfg.source, cfg.val_split, cfg.split_seed, cfg.cache_dir, cfg.workers)
     if spec is None:
-        mean, std = channel_stats(splits.train.images)
+        mean, std = fixed_stats(cfg) or channel_stats(splits.train.images)
         spec = InputSpec("memory", image_size, store_size=int(splits.train.images.shape[1]),
                          mean=tuple(mean), std=tuple(std))
     normalize = Normalizer(list(spec.mean), list(spec.std), image_size, device, channels_last)
@@ -210,18 +217,6 @@ def check_classes(source: str, found: list[str], expected: list[str] | None) -> 
     n, m = len(found), len(expected)
     raise AlexnetError(f"--data {source} has {n} classes {list(found)[:5]}{'...' if n > 5 else ''} but the "
                        f"checkpoint was trained on {m} classes {list(expected)[:5]}{'...' if m > 5 else ''}")
-
-
-def prepare_image(path: str | Path, spec: InputSpec) -> np.ndarray:
-    """One image file -> uint8 (S, S, 3) exactly as evaluation sees it, before normalisation."""
-    from .images import fit_square, load_rgb
-
-    img = load_rgb(path)
-    if spec.kind == "memory":
-        return fit_square(img, spec.store_size)
-    from .streaming import centre_view
-
-    return centre_view(img, spec.image_size, spec.resize)
 
 
 def stream_images(paths: list[Path], idx: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -1,0 +1,295 @@
+"""The HTTP service: routes, limits and errors around one loaded classifier and its dynamic batcher.
+
+    GET  /          the page: drop, paste or pick images, see their top classes
+    POST /predict   an image as the raw body, or multipart field "file" (several -> a list): top-k JSON
+    GET  /model     the model card;  GET /health  liveness and batching counters;  GET /report/  the run's report
+
+`create_app(classifier, settings)` builds the app (the model is loaded once, by the caller); its lifespan
+starts and stops the batcher. Every mistake a client can make is a 4xx answer {"error": "one sentence"} and
+leaves the service as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from ..data.images import ImageTooLargeError, UnreadableImageError
+from ..data.prepare import ImageLimitError
+from ..errors import AlexnetError
+from ..runtime import Classifier, top_predictions
+from .batching import BatcherStopped, DynamicBatcher
+
+PAGE = Path(__file__).with_name("page") / "index.html"
+FIELD = "file"  # the multipart field that carries images
+FORMATS = "JPEG, PNG, GIF, BMP, TIFF or WebP"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How `alexnet serve` runs: address, batching knobs, answers and limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 32  # images per forward pass; 1 = batching off
+    max_wait_ms: float = 5.0  # how long the oldest queued image may wait for others
+    top_k: int = 5
+    max_image_bytes: int = 20 * 2 ** 20  # one encoded image
+    max_pixels: int = 40_000_000  # one image's width x height, read from its header before decoding
+    max_request_bytes: int = 64 * 2 ** 20  # a whole request body (several multipart files)
+    max_files: int = 64  # images in one multipart request
+    decode_threads: int = 0  # 0 = one per core
+
+
+class ClientError(Exception):
+    """A request the service refuses: an HTTP status and one sentence saying what to send instead."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class JSONBytes(Response):
+    """JSON from a ready `json.dumps`: the hot path skips FastAPI's encoders and pydantic."""
+
+    media_type = "application/json"
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refused (413) as soon as it is known to pass `limit` bytes."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ClientError(413, f"{what} is {int(length):,} bytes, over the limit of {limit:,}; send a smaller one")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, f"{what} is over the limit of {limit:,} bytes; send a smaller one")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def multipart_files(request: Request, body: bytes, settings: ServeSettings) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of every upload in the multipart field "file", in order."""
+
+    async def stream():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=settings.max_files, max_fields=64,
+                                     max_part_size=64 * 2 ** 10).parse()
+    except MultiPartException as e:
+        raise ClientError(400, f"the multipart body cannot be parsed ({e}); send images as -F file=@cat.jpg")
+    try:
+        uploads = form.getlist(FIELD)
+        if not uploads:
+            raise ClientError(400, f"the multipart form has no field {FIELD!r}; send images as -F {FIELD}=@cat.jpg")
+        files = []
+        for i, upload in enumerate(uploads):
+            if not isinstance(upload, UploadFile):
+                raise ClientError(400, f"field {FIELD!r} holds text, not a file; send images as -F {FIELD}=@cat.jpg")
+            files.append((upload.filename or f"{FIELD}[{i}]", await upload.read()))
+        return files
+    finally:
+        await form.close()
+
+
+def page_html() -> bytes:
+    return PAGE.read_bytes()
+
+
+def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()) -> FastAPI:
+    """The service around a loaded `classifier` (see alexnet.runtime.load_classifier)."""
+    batcher = DynamicBatcher(classifier.probabilities, settings.max_batch, settings.max_wait_ms)
+    decoders = ThreadPoolExecutor(settings.decode_threads or os.cpu_count() or 2, thread_name_prefix="alexnet-decode")
+    started = time.time()
+    page = page_html()
+    limits = ("max_image_bytes", "max_pixels", "max_request_bytes", "max_files")
+    card = {**classifier.card, "report_url": "/report/report.html" if classifier.report_dir else None,
+            "top_k": settings.top_k, "limits": {k: getattr(settings, k) for k in limits}}
+    card_json = dumps(card)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            decoders.shutdown(wait=False, cancel_futures=True)
+
+    # No /docs: FastAPI's documentation pages fetch their scripts from a CDN. /openapi.json stays.
+    app = FastAPI(title="alexnet", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.batcher, app.state.classifier, app.state.settings = batcher, classifier, settings
+
+    async def prepare(name: str, data: bytes) -> np.ndarray:
+        if not data:
+            raise ClientError(400, f"{name} is empty; send the bytes of an image file")
+        if len(data) > settings.max_image_bytes:
+            raise ClientError(413, f"{name} is {len(data):,} bytes, over the limit of {settings.max_image_bytes:,} "
+                                   "per image; send a smaller image")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(decoders, classifier.prepare, data, name, settings.max_pixels)
+        except ImageLimitError as e:
+            raise ClientError(413, str(e)) from None
+        except ImageTooLargeError as e:  # the decoder's own caps (ALEXNET_MAX_IMAGE_PIXELS, _BYTES)
+            raise ClientError(413, f"{name} is too large ({e.reason.split(';')[0]}); send a smaller image") from None
+        except UnreadableImageError as e:
+            raise ClientError(400, f"{name} cannot be read as an image ({e.reason}); send a {FORMATS} "
+                                   "file") from None
+        except AlexnetError as e:  # e.g. a size cap inside the decoder
+            raise ClientError(400, str(e)) from None
+
+    def top_k_of(request: Request) -> int:
+        text = request.query_params.get("top_k")
+        if text is None:
+            return settings.top_k
+        if not text.isdigit() or int(text) < 1:
+            raise ClientError(400, f"top_k must be a whole number >= 1, got {text!r}")
+        return int(text)
+
+    async def predict(request: Request) -> Response:
+        top_k = top_k_of(request)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            body = await read_body(request, settings.max_request_bytes, "the request body")
+            files = await multipart_files(request, body, settings)
+        elif kind in ("", "application/octet-stream") or kind.startswith("image/"):
+            name = request.query_params.get("name") or "upload"
+            files = [(name, await read_body(request, settings.max_image_bytes, f"image {name}"))]
+        else:
+            raise ClientError(415, f"Content-Type {kind} is not an image; send the image as the body with "
+                                   f"Content-Type image/jpeg (or image/png ...), or as multipart field {FIELD!r}")
+        images = await asyncio.gather(*(prepare(name, data) for name, data in files))
+        try:
+            rows = await batcher.predict(list(images))
+        except BatcherStopped:
+            return error_response(503, "the service is shutting down; retry on another instance")
+        results = top_predictions(np.stack(rows), classifier.classes, [name for name, _ in files], top_k)
+        many = kind == "multipart/form-data" and len(results) > 1
+        return JSONBytes(dumps(results if many else results[0]))
+
+    # The hot path is a plain Starlette route: no dependency solving or response model on each request.
+    app.router.add_route("/predict", predict, methods=["POST"])
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return HTMLResponse(page)
+
+    @app.get("/model")
+    async def model() -> Response:
+        return JSONBytes(card_json)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONBytes(dumps({"status": "ok", "backend": classifier.backend, "model": classifier.card["name"],
+                                "uptime_s": round(time.time() - started, 1),
+                                "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
+                                             **batcher.counters.as_dict()}}))
+
+    if classifier.report_dir is not None:
+        @app.get("/report", include_in_schema=False)
+        @app.get("/report/", include_in_schema=False)
+        async def report() -> Response:
+            return RedirectResponse("/report/report.html")
+
+        app.mount("/report", StaticFiles(directory=classifier.report_dir), name="report")
+
+    @app.exception_handler(ClientError)
+    async def client_error(request: Request, exc: ClientError) -> Response:
+        return error_response(exc.status, exc.message)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        messages = {404: f"no such page: {request.url.path}; the service answers /, /predict, /model and /health",
+                    405: f"{request.method} is not allowed on {request.url.path}; see GET / for how to send images"}
+        return error_response(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Ours to fix, not the client's: one line in the answer; uvicorn logs the traceback.
+        return error_response(500, f"internal error while answering {request.url.path} ({type(exc).__name__}); "
+                                   "the service keeps running")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(422, f"the request does not fit {request.url.path}: {exc.errors()[0].get('msg', '')}")
+
+    return app
+
+
+class Server:
+    """uvicorn on a socket bound beforehand (so --port 0 works and a taken port is one clear line)."""
+
+    def __init__(self, app: FastAPI, settings: ServeSettings):
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.socket.bind((settings.host, settings.port))
+        except OSError as e:
+            self.socket.close()
+            raise AlexnetError(f"cannot listen on {settings.host}:{settings.port} ({e.strerror or e}); pick another "
+                               "--port (0 = any free one) or --host") from None
+        self.socket.listen(2048)
+        self.host, self.port = self.socket.getsockname()[:2]
+        self.app = app
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM, then finish the requests in flight and return."""
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=5)
+        _QuietServer(config).run(sockets=[self.socket])
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown; `alexnet serve` returns instead, so the
+    command ends with its own line and exit code 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
