@@ -21,10 +21,11 @@ def layer(model: nn.Module, name: str) -> nn.Module:
 # --- registry ---------------------------------------------------------------------------
 
 
-def test_both_models_are_registered_with_their_native_image_sizes():
-    assert list_models() == ["alexnet", "alexnet-cifar"]
+def test_every_model_is_registered_with_its_native_image_size():
+    assert list_models() == ["alexnet", "alexnet-cifar", "alexnet-torchvision"]
     assert default_image_size("alexnet") == 227
     assert default_image_size("alexnet-cifar") == 32
+    assert default_image_size("alexnet-torchvision") == 224
 
 
 def test_image_size_none_means_the_models_default():
@@ -310,7 +311,7 @@ def test_dirac_init_makes_each_conv_pass_its_first_input_channels_through():
 
 @pytest.mark.parametrize("preset", ["cifar10-fast", "cifar10", "cifar10-best"])
 def test_cifar_presets_train_an_alexnet_family_network(preset):
-    # Issue 7's rule for the CIFAR recipes: five convolutions, then fully connected layers; ReLU, max pooling,
+    # The rule the CIFAR recipes keep: five convolutions, then fully connected layers; ReLU, max pooling,
     # batch norm allowed; nothing that adds a layer's input to its output. A preset that drifted from it would
     # still train, so check the network the preset actually builds.
     from alexnet.config import preset_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, preset_config
 from .errors import AlexnetError
@@ -34,13 +34,15 @@ def options_to_overrides(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def train(config: RunConfig | None = None, *, out: str | Path | None = None, preset: str | None = None,
           resume: str | Path | None = None, stop_after_epoch: int | None = None, progress: bool = True,
-          started_at: float | None = None, **options: Any) -> Path:
+          started_at: float | None = None, callbacks: Sequence[Any] = (), **options: Any) -> Path:
     """Train and return the run folder, e.g. `train(data="cifar10", epochs=3, out="runs/demo")`.
 
     `options` are any DataConfig/ModelConfig/TrainConfig field (`data` and `model` name the source and network).
     With `resume=RUN` the run continues exactly; only `epochs` and `device` may change (and `time_limit=0`
     continues a time-limited run by steps). `started_at`
-    (time.time()) is when a `time_limit` starts counting: default now.
+    (time.time()) is when a `time_limit` starts counting: default now. `callbacks`: objects with the hooks of
+    `alexnet.engine.callbacks.Callback`, called by the training loop. On SIGTERM/SIGINT training stops after the
+    step in progress, saves its position and raises `alexnet.errors.TrainingStopped`: `resume=RUN` continues it.
     """
     from .engine.trainer import train as run_training
 
@@ -54,11 +56,12 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
                                    f"--time-limit 0 may change (got {', '.join(sorted(extra)) or 'a config'})")
             run = run_training(None, resume=resume, epochs=options.get("epochs"), device=options.get("device"),
                                stop_after_epoch=stop_after_epoch, progress=progress,
-                               time_limit=options.get("time_limit"))
+                               time_limit=options.get("time_limit"), started_at=started_at,
+                               callbacks=tuple(callbacks))
         else:
             cfg = apply_overrides(config or preset_config(preset), options_to_overrides(options))
             run = run_training(cfg, out, stop_after_epoch=stop_after_epoch, progress=progress,
-                               started_at=started_at)
+                               started_at=started_at, callbacks=tuple(callbacks))
     except BaseException:
         teardown(synchronize=False)  # a failed rank must not wait at a barrier its peers may never reach
         raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
@@ -69,8 +70,9 @@ def opt(flag: str, section: str | None = None, name: str | None = None, **kwargs
 BOOL = argparse.BooleanOptionalAction
 
 MODEL_OPTIONS = [
-    opt("--model", "model", "name", help="network: alexnet (the 2012 paper's, 227 px) | alexnet-cifar (32 px native); "
-                                         "`alexnet info --model M` prints its layers"),
+    opt("--model", "model", "name", help="network: alexnet (the 2012 paper's, 227 px) | alexnet-cifar (32 px native) | "
+                                         "alexnet-torchvision (torchvision's layout: its ImageNet weights load, "
+                                         "224 px); `alexnet info --model M` prints its layers"),
     opt("--norm", "model", choices=["lrn", "batchnorm", "none"], help="normalisation after the convolutions"),
     opt("--groups", "model", type=int, choices=[1, 2], help="alexnet: 2 = the paper's two-tower connectivity"),
     opt("--init", "model", choices=["default", "paper", "dirac"],
@@ -106,8 +108,21 @@ TRAIN_GROUPS: list[tuple[str, list[Option]]] = [
         opt("--workers", "data", type=int, help="image-decoding processes (0 = all cores; streaming: 2)"),
         opt("--resize", "data", type=positive_int, help="streamed evaluation: shorter side before the "
                                                                     "centre crop"),
+        opt("--input-stats", "data", choices=["dataset", "imagenet"],
+            help="normalise by the training images' mean/std, or by ImageNet's (pretrained weights expect it)"),
     ]),
     ("model", MODEL_OPTIONS),
+    ("fine-tuning (docs/finetuning.md)", [
+        opt("--init-from", "train", metavar="WEIGHTS", shown_default="none (fresh weights)",
+            help="start from these weights: a state dict (.pth/.pt/.safetensors, e.g. torchvision's AlexNet), a "
+                 "run folder or checkpoint, or an exported model folder; the last classifier layer is replaced "
+                 "when the classes differ"),
+        opt("--freeze", "train", metavar="LAYER", shown_default="none (every layer trains)",
+            help="train nothing up to and including LAYER: features (all convolutions) or one of them, e.g. "
+                 "features.6"),
+        opt("--lr-backbone", "train", type=float, metavar="LR", shown_default="--lr",
+            help="learning rate of the layers --init-from loaded (the replaced classifier layer takes --lr)"),
+    ]),
     ("optimisation", [
         opt("--epochs", "train", type=positive_int, help="epochs (an upper bound under --time-limit)"),
         opt("--batch-size", "train", type=positive_int, help="images per step (all processes together)"),
@@ -140,11 +155,20 @@ TRAIN_GROUPS: list[tuple[str, list[Option]]] = [
         opt("--tta-shift", "train", type=int, help="test-time views: flips, plus copies moved by this many pixels "
                                                    "(0 = flips only)"),
         opt("--report", "train", action=BOOL, help="write the HTML report at the end (`alexnet report RUN` later)"),
+        opt("--early-stop", "train", type=int, metavar="PATIENCE",
+            help="stop after PATIENCE validations in a row without a better validation accuracy; best.pt keeps the "
+                 "best epoch (0 = off; a recipe validating only at the end then validates every epoch)"),
+        opt("--min-delta", "train", type=float, metavar="D",
+            help="--early-stop: a validation accuracy gain of D or less (e.g. 0.002) is no improvement"),
     ]),
     ("run control", [
         opt("--preset", metavar="NAME", help=f"a named recipe (flags override it): {' | '.join(PRESETS)}; default: "
                                             "cifar10's network and epochs, no time limit"),
         opt("--out", help="run folder (default runs/<time>-<model>)"),
+        opt("--config", metavar="FILE", help="options from a TOML/YAML/JSON file: [data], [model], [train] tables "
+                                             "of config fields (a run's config.json reproduces it); flags override it"),
+        opt("--print-config", action="store_true", help="print the resolved config (TOML, --config reads it back) "
+                                                        "and exit"),
         opt("--time-limit", "train", type=float, metavar="S",
             help="finish the whole command within S seconds: the schedule follows the clock, --epochs is an upper "
                  "bound (0 = none)"),
@@ -155,6 +179,12 @@ TRAIN_GROUPS: list[tuple[str, list[Option]]] = [
         opt("--resume", metavar="RUN", help="continue the run in RUN exactly where it stopped"),
         opt("--stop-after-epoch", type=positive_int, metavar="N",
             help="stop after epoch N as if interrupted; --resume continues"),
+        opt("--save-every", "train", type=float, metavar="S",
+            help="also save RUN/last.pt inside an epoch every S seconds, for long epochs (0 = at epoch ends only)"),
+        opt("--save-every-steps", "train", type=int, metavar="N",
+            help="also save RUN/last.pt inside an epoch every N steps (0 = at epoch ends only)"),
+        opt("--tensorboard", "train", action=BOOL,
+            help="write TensorBoard event files under RUN/tensorboard (needs the `tensorboard` extra)"),
         opt("--quiet", action="store_true", help="no progress output"),
     ]),
     ("experimental (screened; no preset uses them, see docs/recipes.md)", [
@@ -186,9 +216,10 @@ def add_options(p: argparse.ArgumentParser, options: list[Option], defaults: Any
     """Add flags to `p`; with `defaults` (a RunConfig) each help line ends with the default recipe's value."""
     for o in options:
         kwargs = dict(o.kwargs)
+        text = kwargs.pop("shown_default", None)  # where `shown` would mislead ("the model's own")
         if defaults is not None and o.section is not None:
             value = getattr(getattr(defaults, o.section), o.field)
-            kwargs["help"] = f"{kwargs.get('help', '')} [default: {shown(value)}]"
+            kwargs["help"] = f"{kwargs.get('help', '')} [default: {text or shown(value)}]"
         p.add_argument(o.flag, dest=o.flag[2:].replace("-", "_"), **kwargs)
 
 
@@ -203,6 +234,14 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
             if o.section == "model" and o.field != "name" and o.flag != "--dropout"}
 
 
+TRAIN_EPILOG = ("Stopping and resuming (docs/training.md): SIGTERM or Ctrl-C (SIGINT) finishes the step in progress, "
+                "saves its position in RUN/last.pt and exits with 75; `alexnet train --resume RUN` continues it "
+                "exactly (on a CPU, bit-identical to a run never stopped). A second signal stops at once (the shell reports 143 or "
+                "130); what was saved stays whole. Exit codes: 0 done, 2 a bad flag or input or a failed run (a "
+                "non-finite loss: the last good checkpoint is kept), 74 a checkpoint could not be written (disk "
+                "full, read-only: the previous one is intact), 75 stopped by a signal, resumable.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="alexnet", description="Train, evaluate, explain and serve AlexNet "
                                      "image classifiers.")
@@ -213,13 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model into a run folder",
                        description="Train a model into a run folder. Flags override the --preset (default: the "
                                    "cifar10 recipe without its time limit); [default: ...] is the default recipe's "
-                                   "value.")
+                                   "value.",
+                       epilog=TRAIN_EPILOG)
     defaults = preset_config(None)
     for title, options in TRAIN_GROUPS:
         add_options(t.add_argument_group(title), options, defaults)
 
     e = sub.add_parser("evaluate", help="accuracy, top-5, per-class scores, confusion matrix")
-    e.add_argument("checkpoint", help="RUN/best.pt (or a run folder)")
+    e.add_argument("checkpoint", metavar="MODEL", help="a run folder, RUN/best.pt or an exported model folder")
     e.add_argument("--data", help="data to evaluate on (default: the training data)")
     e.add_argument("--split", default="test", choices=["test", "val", "train"])
     e.add_argument("--json", metavar="FILE", help="also write the metrics as JSON ('-' = stdout only)")
@@ -227,11 +267,36 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
 
     pr = sub.add_parser("predict", help="top-k classes of image files")
-    pr.add_argument("checkpoint")
+    pr.add_argument("checkpoint", metavar="MODEL", help="a run folder, RUN/best.pt or an exported model folder")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--top-k", type=positive_int, default=5)
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pr.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                    help="auto: onnxruntime for an exported folder with model.onnx (no torch import), else torch")
     pr.add_argument("--device", default="auto")
+
+    sv = sub.add_parser("serve", help="serve a model over HTTP, with a page to try it",
+                        description="Serve a model over HTTP: POST /predict, GET /model, GET /health, and a page at "
+                                    "/ to drop images on (docs/serving.md).")
+    sv.add_argument("model", metavar="MODEL", help="a run folder, RUN/best.pt or an exported model folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (0 = any free one; the URL is printed)")
+    sv.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                    help="auto: onnxruntime for an exported folder with model.onnx (no torch import), else torch")
+    sv.add_argument("--device", default="auto", help="auto | cpu | cuda (torch also: mps)")
+    sv.add_argument("--amp", choices=["off", "bf16"], default="off",
+                    help="off: fp32, the numbers of `alexnet predict`; bf16 (torch): faster for large networks on "
+                         "CPUs with bf16 units (AVX512_BF16, AMX), probabilities within ~1e-2")
+    sv.add_argument("--max-batch", type=positive_int, default=32,
+                    help="images per forward pass (default 32; 1 = batching off)")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="how long the oldest queued image waits for others to share its forward pass (default 5)")
+    sv.add_argument("--top-k", type=positive_int, default=5, help="classes per image in answers (?top_k= overrides)")
+    sv.add_argument("--max-image-bytes", type=positive_int, default=20 * 2 ** 20, help="largest encoded image (20 MiB)")
+    sv.add_argument("--max-pixels", type=positive_int, default=40_000_000,
+                    help="largest image, width x height, read from its header before decoding (40 Mpx)")
+    sv.add_argument("--max-request-bytes", type=positive_int, default=64 * 2 ** 20,
+                    help="largest request body, several multipart images together (64 MiB)")
 
     r = sub.add_parser("report", help="write the HTML report of a run")
     r.add_argument("run", help="run folder (or a checkpoint in it)")
@@ -240,10 +305,52 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default RUN/report)")
     r.add_argument("--device", default="auto")
 
+    x = sub.add_parser("export", help="write a model folder: ONNX graph, safetensors weights, config, model card",
+                       description="Export a trained model as a self-describing folder: model.onnx (uint8 images in, "
+                                   "probabilities out, test-time views inside), model.safetensors, config.json and a "
+                                   "README.md model card. Needs the export extra: pip install 'alexnet[export]'.")
+    x.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder, RUN/best.pt or an exported folder")
+    x.add_argument("--out", required=True, metavar="DIR",
+                   help="folder to write (new, empty, or a previous export, which is replaced)")
+    x.add_argument("--format", default="onnx,safetensors", help="what to write: onnx, safetensors or both "
+                                                                 "(default onnx,safetensors)")
+    x.add_argument("--check", metavar="DATA", help="compare torch and onnxruntime on DATA's evaluation images (the "
+                                                   "validation split of the training data); fail beyond 1e-4")
+    x.add_argument("--check-limit", type=positive_int, default=1000, metavar="N",
+                   help="images the check uses at most (default 1000)")
+
     i = sub.add_parser("info", help="Keras-style summary of a model: layers, shapes, parameters, MACs")
     add_model_options(i)
     i.add_argument("--num-classes", type=positive_int, default=10)
+
+    f = sub.add_parser("lr-find", help="learning-rate range test: the loss as the rate grows, a plot and a "
+                                       "suggested --lr (nothing is saved in any run folder)",
+                       description="The range test of Smith (2017) as fastai runs it: train from the start of a run "
+                                   "with the rate growing exponentially, stop when the loss diverges, plot the "
+                                   "smoothed loss against the rate and suggest one. Takes the train flags.")
+    for title, options in TRAIN_GROUPS:
+        kept = [o for o in options if o.flag not in LR_FIND_SKIPS]
+        if kept:
+            add_options(f.add_argument_group(title), kept, defaults)
+    g = f.add_argument_group("range test")
+    g.add_argument("--out", default="lr-find.png", help="the plot (a .png; the numbers go beside it as .json), or "
+                                                        "a folder to hold lr-find.png (default ./lr-find.png)")
+    g.add_argument("--steps", type=positive_int, default=200, help="steps from --start-lr to --end-lr (default 200)")
+    g.add_argument("--start-lr", type=float, default=1e-6, help="the first step's rate (default 1e-6)")
+    g.add_argument("--end-lr", type=float, default=10.0, help="the last step's rate (default 10)")
+
+    rn = sub.add_parser("runs", help="table of the runs under a folder: when, model, preset, epochs, time, scores")
+    rn.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default ./runs)")
+    rn.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+# Train flags that mean nothing to a range test: one process stepping the rate itself, no epochs, schedule,
+# validation, weight averaging or run folder.
+LR_FIND_SKIPS = {"--out", "--resume", "--stop-after-epoch", "--time-limit", "--report", "--val-every", "--tta-shift",
+                 "--print-config", "--epochs", "--warmup-epochs", "--schedule", "--save-every", "--save-every-steps",
+                 "--early-stop", "--min-delta", "--tensorboard", "--ema", "--res-start", "--res-ramp",
+                 "--accum-steps", "--compile", "--sync-bn"}
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -251,32 +358,49 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
     for _, options in TRAIN_GROUPS:
         for o in options:
-            value = getattr(args, o.flag[2:].replace("-", "_"))
+            value = getattr(args, o.flag[2:].replace("-", "_"), None)  # lr-find has a subset of the flags
             if o.section is not None and value is not None:
                 out[o.section][o.field] = value
     return out
 
 
+def train_config(args: argparse.Namespace) -> Any:
+    """The preset, then --config FILE, then the flags given; validated (a bad value fails before any work)."""
+    from .config import validate
+    from .config_files import resolve_config
+
+    return validate(resolve_config(args.preset, train_overrides(args), args.config))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    from .config import apply_overrides, preset_config
     from .data.prefetch import cache_warming
 
-    cfg = None if args.resume else apply_overrides(preset_config(args.preset), train_overrides(args))
+    if args.resume and (args.config or args.print_config):
+        from .errors import AlexnetError
+
+        raise AlexnetError("--resume continues a run with its own config (RUN/config.json); drop --config and "
+                           "--print-config")
+    cfg = None if args.resume else train_config(args)
+    if args.print_config:
+        from .config_files import config_text
+
+        print(config_text(cfg), end="")
+        return
     # A cold image archive is decoded by a child while this process imports torch (data/prefetch.py).
     with cache_warming(cfg.data) if cfg is not None else contextlib.nullcontext():
         from .api import train
         from .engine.optim import preload_compiler_hooks
 
         preload_compiler_hooks()
+    # --time-limit counts from the start of the process (interpreter start-up and imports included) when
+    # this is the `alexnet` command; from main()'s call when main(argv) runs inside another program.
+    import psutil
+
+    started = args.started_at if args.started_at is not None else psutil.Process().create_time()
     if args.resume:
         run = train(resume=args.resume, epochs=args.epochs, device=args.device, time_limit=args.time_limit,
-                    stop_after_epoch=args.stop_after_epoch, progress=not args.quiet)
+                    stop_after_epoch=args.stop_after_epoch, progress=not args.quiet, started_at=started)
     else:
-        # --time-limit counts from the start of the process (interpreter start-up and imports included) when
-        # this is the `alexnet` command; from main()'s call when main(argv) runs inside another program.
-        import psutil
-
-        started = args.started_at if args.started_at is not None else psutil.Process().create_time()
         run = train(cfg, out=args.out, stop_after_epoch=args.stop_after_epoch, progress=not args.quiet,
                     started_at=started)
     from .runs import closing_lines
@@ -293,6 +417,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     metrics = evaluate(args.checkpoint, data=args.data, split=args.split, device=args.device,
                        ten_crop=args.ten_crop)
+    record_score(args.checkpoint, metrics, "evaluate", args.split, args.data, args.ten_crop)
     if args.json == "-":
         print(json_text(metrics))
         return
@@ -302,10 +427,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .api import predict
     from .jsonio import json_text
+    from .runtime import load_classifier
 
-    results = predict(args.checkpoint, args.images, top_k=args.top_k, device=args.device)
+    results = load_classifier(args.checkpoint, args.backend, args.device).predict_files(args.images, args.top_k)
     if args.json:
         print(json_text(results))
         return
@@ -314,11 +439,75 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{r['image']}: {top}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .errors import AlexnetError
+    from .runtime import load_classifier
+
+    if args.max_wait_ms < 0:
+        raise AlexnetError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms:g}")
+    # The model's threads sleep when idle: the event loop and the decoders share the cores with them.
+    classifier = load_classifier(args.model, args.backend, args.device, spin=False, amp=args.amp)
+    try:
+        from .serve.app import Server, ServeSettings, create_app
+    except ImportError as e:
+        raise AlexnetError(f"alexnet serve needs {e.name or 'the web stack'}: pip install 'alexnet[serve]'") from None
+
+    settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             top_k=args.top_k, max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels,
+                             max_request_bytes=args.max_request_bytes)
+    server = Server(create_app(classifier, settings), settings)
+    batching = f"batches of up to {args.max_batch}, {args.max_wait_ms:g} ms wait" if args.max_batch > 1 else "no batching"
+    print(f"serving {args.model} ({classifier.card['name']}, {classifier.backend} {classifier.precision}; {batching}) "
+          f"on {server.url}  (Ctrl-C stops)", flush=True)
+    server.run()
+    print("alexnet serve: stopped", flush=True)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from .api import report
 
     out = report(args.run, data=args.data, split=args.split, out=args.out, device=args.device)
+    record_score(args.run, json.loads((out / "metrics.json").read_text()), "report", args.split, args.data)
     print(f"report: {out / 'report.html'}")
+
+
+def record_score(checkpoint: str, metrics: dict[str, Any], by: str, split: str, data: str | None,
+                 ten_crop: bool = False) -> None:
+    """Keep the score in RUN/evaluations.json for `alexnet runs`; a read-only run folder only warns."""
+    from .runs import record_evaluation
+
+    try:
+        record_evaluation(checkpoint, metrics, by=by, split=split, data=data, ten_crop=ten_crop)
+    except OSError as e:
+        print(f"alexnet {by}: warning: the score was not recorded in the run folder ({e})", file=sys.stderr)
+
+
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from .engine.lr_find import lr_find
+
+    result = lr_find(train_config(args), args.out, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
+                     progress=not args.quiet)
+    print("\n".join(result.summary()))
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from .errors import AlexnetError
+    from .runs import find_runs, run_row, runs_table
+
+    if not os.path.isdir(args.dir):
+        raise AlexnetError(f"{args.dir}: no such folder (`alexnet train` writes runs under ./runs unless --out "
+                           "says otherwise)")
+    runs = find_runs(args.dir)
+    if args.json:
+        print(json.dumps([run_row(r) for r in runs], indent=2))
+    elif not runs:
+        print(f"no runs under {args.dir}")
+    else:
+        from rich.console import Console
+
+        # Piped output keeps whole lines (rich would otherwise fold the table to 80 columns).
+        Console(highlight=False, width=None if sys.stdout.isatty() else 240).print(
+            runs_table(runs, f"{len(runs)} run{'s' * (len(runs) > 1)} under {args.dir}"))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -334,24 +523,39 @@ def cmd_info(args: argparse.Namespace) -> None:
                          f"{name} ({args.num_classes} classes, {size}x{size} input{extra})"))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_model
+
+    result = export_model(args.checkpoint, args.out, formats=args.format, check=args.check,
+                          check_limit=args.check_limit)
+    if result.parity is not None:
+        print(f"check: {result.parity.summary()}")
+    files = ", ".join(f"{name} ({size / 1e6:.1f} MB)" if size >= 1e5 else name for name, size in result.files.items())
+    print(f"{'replaced the previous export in' if result.replaced else 'exported to'} {result.out}: {files}")
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report,
-            "info": cmd_info}
+            "info": cmd_info, "serve": cmd_serve, "export": cmd_export, "lr-find": cmd_lr_find, "runs": cmd_runs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     called_at = None if argv is None else time.time()
     args = build_parser().parse_args(argv)
     args.started_at = called_at
-    from .errors import AlexnetError
+    from .errors import AlexnetError, TrainingStopped
 
     try:
         COMMANDS[args.command](args)
     except AlexnetError as e:
         print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
+    except TrainingStopped as e:  # SIGTERM/SIGINT during training: the position is saved
+        if e.show:
+            print(f"alexnet {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print(f"alexnet {args.command}: interrupted; a run's last.pt holds its last finished epoch "
-              "(continue with --resume RUN, adding --time-limit 0 for a time-limited run)", file=sys.stderr)
+        print(f"alexnet {args.command}: interrupted; a run's last.pt holds its last saved position "
+              "(continue with --resume RUN)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `alexnet evaluate ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -9,6 +9,11 @@ from typing import Any
 from .errors import AlexnetError
 
 
+# torchvision's ImageNet normalisation (RGB, [0, 1] units): what its pretrained weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "cifar10"  # "cifar10", a CIFAR tarball / batches folder, or an image folder
@@ -25,6 +30,7 @@ class DataConfig:
     resize: int = 256  # streamed evaluation: shorter side before the centre crop
     lighting: bool = False  # the paper's PCA colour lighting (streamed path)
     cache_dir: str | None = None  # decoded-array cache; None = $ALEXNET_DATA or ~/.cache/alexnet
+    input_stats: str = "dataset"  # normalisation: dataset (the training images' mean/std) | imagenet (fixed)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,14 @@ class TrainConfig:
     accum_steps: int = 1  # gradient accumulation: micro-batches per optimiser step
     sync_bn: bool = False  # SyncBatchNorm across ranks (multi-process runs)
     report: bool = True  # write the HTML report at the end of training
+    save_every: float = 0.0  # also save last.pt inside an epoch every this many seconds (0 = at epoch ends only)
+    save_every_steps: int = 0  # also save last.pt inside an epoch every this many steps (0 = at epoch ends only)
+    early_stop: int = 0  # stop after this many validations without improvement (0 = never)
+    min_delta: float = 0.0  # early stopping: a validation accuracy gain of at most this is no improvement
+    tensorboard: bool = False  # write TensorBoard event files under RUN/tensorboard
+    init_from: str | None = None  # starting weights: a state dict (.pth/.pt/.safetensors), a run or an exported model
+    freeze: str | None = None  # train nothing up to and including this layer ("features", "features.6")
+    lr_backbone: float | None = None  # learning rate of the layers loaded by init_from (None: lr)
 
 
 @dataclass(frozen=True)
@@ -107,77 +121,82 @@ class RunConfig:
 # Named recipes. Flags given on the command line override them.
 DEFAULT_PRESET = "cifar10"
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # CIFAR-sized data on a laptop CPU. Tuned on a 10% validation split of the 50,000 training images;
-    # measured times and accuracies are in the README and benchmarks/NOTES.md. All three whiten the first
-    # conv from image patches and max-pool before batch norm (pool_first: the same function, faster).
-    # cifar10-fast: 16-32-64-128-256 with one FC layer (403 k parameters), validated once at the end; it
-    # skips the HTML report (3 s of a 60 s budget): `alexnet report RUN` writes it afterwards.
-    # Each CIFAR preset also carries a time limit just under its budget (60 s, 300 s, an hour): where the
-    # epochs fit (the AVX-512 box they were tuned on) it never acts; on a slower CPU (the AVX2-only box:
-    # 2.6-2.9x fewer images/s) the schedule follows the clock and the run still ends inside the budget.
-    # Flips only, no crops: the run ends after ~3 epochs on an AVX2-only box, where translations cost
-    # 1.4 points (77.11 against 75.7% over 3 seeds; 76.4 against 77.7 with the deeper 4x4 stage below).
-    # Max-pools after conv1, conv2 and conv3, so conv4 and conv5 run on 4x4 maps and can be 128 wide:
-    # 266 k parameters and ~20% more images/s than 64-wide conv4/conv5 at 8x8 (the paper's pooling),
-    # 77.79 against 76.95% over 3 seeds in the same minute. Up to 8 epochs: the AVX2 box fits ~3.2 (measured
-    # with a bound of 5, the same schedule there, as the decay follows the clock); a faster box gets more.
-    # A fourth max-pool, after conv4, puts conv5 on a 2x2 map where it can be 256 wide for a quarter of its
-    # 4x4 cost: 16-32-64-128-256, 403 k parameters, 5.2 M MACs, ~9% more images/s; 78.20% against 77.86% over
-    # seeds 0-3 in the same minute (3 of 4 seeds higher; label smoothing 0.1 with it: 78.22 / 78.58, kept 0.2).
-    # conv2-conv5 take Muon steps (--optimizer muon, rate 0.08): 79.27 against 78.47% over seeds 0-2 in the
-    # same minute, although it trains 19% fewer images/s here (the Newton-Schulz products of conv5's 256 filters).
-    "cifar10-fast": {
-        "data": {"crop_padding": 0},
-        "model": {"name": "alexnet-cifar", "widths": (16, 32, 64, 128, 256), "pools": (1, 2, 3, 4), "hidden": 0,
-                  "dropout": 0.0, "pool_first": True},
-        "train": {"epochs": 8, "batch_size": 256, "lr": 0.2, "label_smoothing": 0.2, "whiten": True,
-                  "optimizer": "muon", "muon_lr": 0.08,
-                  "val_every": 0, "report": False, "time_limit": 58},
+    # The three CIFAR presets: CIFAR-sized data on a laptop CPU, each built for a budget (60 s, 300 s, an hour)
+    # and tuned on a 10% validation split of the 50,000 training images. One line per setting says why;
+    # docs/recipes.md has what each bought, measured, and benchmarks/NOTES.md the raw figures.
+    "cifar10-fast": {  # a first result in a minute
+        "data": {
+            "crop_padding": 0,  # flips only: the ~3 epochs of a slow CPU's minute lose 1.4 points to crops
+        },
+        "model": {
+            "name": "alexnet-cifar",  # the paper's five convolutions and FC head at CIFAR's own 32 px
+            "widths": (16, 32, 64, 128, 256),  # narrow: more epochs in the minute beat more width
+            "pools": (1, 2, 3, 4),  # conv5 on a 2x2 map, where 256 wide costs what 128 cost at 4x4
+            "hidden": 0,  # one FC layer: hidden layers with dropout cost points in short runs
+            "dropout": 0.0,  # no hidden layer to drop out
+            "pool_first": True,  # max-pool before batch norm: the same function, a quarter of the pixels
+        },
+        "train": {
+            "epochs": 8,  # an upper bound: the clock ends the run first unless the CPU is fast
+            "batch_size": 256,  # batch 512 (lr 0.4): 72.24 against 74.66% at two epochs
+            "lr": 0.2,  # 0.4, and batch 128 at 0.1, gained nothing here
+            "label_smoothing": 0.2,  # 0.1 was within the noise in three screens
+            "whiten": True,  # conv1 from the whitening of 3x3 patches: +6 points after one epoch
+            "optimizer": "muon",  # conv2-conv5 on Muon: +0.8 points in the minute despite 19% fewer images/s
+            "muon_lr": 0.08,  # Muon's plateau at batch 256 (airbench's 0.24 is for batch 2,000)
+            "val_every": 0,  # validate once, after the last epoch: every second goes to training
+            "report": False,  # the report's 3 s go to training; `alexnet report RUN` writes it later
+            "time_limit": 58,  # just under 60 s: the schedule follows the clock on any CPU
+        },
     },
-    # The default recipe of `alexnet train`: 24-48-96-192-192 with cifar10-fast's pooling (max-pools after
-    # conv1, conv2, conv3: conv4 and conv5 on 4x4 maps, flattened into one FC layer), up to 16 epochs (the
-    # AVX2-only box fits ~10 in 295 s at ~1,550 img/s; measured with a bound of 12, which the clock there
-    # makes the same schedule), 6-view test-time augmentation, crops moved by up to
-    # 1 px (2 px: 83.44 against 84.50%, seed 0). Over 3 seeds on that box 84.11% against 83.06% for the
-    # previous 32-32-128-128-128 with pools after conv2, conv3, conv4 and a global max-pool (~4 epochs there;
-    # 86.36% in its 9 epochs on the AVX-512 box). Peak lr 0.4 (0.3: 83.80%, 0.6: 83.36% against 84.02%, 10 epochs,
-    # seed 0). Label smoothing 0.1: 84.52% against 84.13% for 0.2 over 3 seeds at 10 epochs, every seed higher
-    # (3 cold time-limited seeds on a slower hour of the box, 9-10 epochs: 83.98%, as 0.2's 83.95% at 10).
-    # conv2-conv5 take Muon steps (--optimizer muon; airbench94_muon's optimizer): at 10 epochs 85.48 / 85.74 /
-    # 85.54% (seeds 0-2; muon rate 0.08 for seed 0, 0.1 for 1 and 2; 0.12: 85.40, 0.05: 85.02, seed 0) against
-    # 84.50 / 84.74 / 84.32% with SGD, for ~3% of the step; Muon momentum 0.8: 84.66%, 2 px crops: 85.02%.
-    "cifar10": {
-        "data": {"crop_padding": 1},
-        "model": {"name": "alexnet-cifar", "widths": (24, 48, 96, 192, 192), "pools": (1, 2, 3), "hidden": 0,
-                  "dropout": 0.0, "pool_first": True},
-        "train": {"epochs": 16, "batch_size": 256, "lr": 0.4, "label_smoothing": 0.1, "whiten": True,
-                  "optimizer": "muon", "muon_lr": 0.1,
-                  "val_every": 0, "tta_shift": 2, "time_limit": 295},
+    "cifar10": {  # 85% in five minutes; without its time limit, the default recipe of `alexnet train`
+        "data": {
+            "crop_padding": 1,  # 1 px: 2 px (83.44%) and none (83.70%) fell below 84.50% (seed 0)
+        },
+        "model": {
+            "name": "alexnet-cifar",
+            "widths": (24, 48, 96, 192, 192),  # narrow at 32 px, wide where the maps are small
+            "pools": (1, 2, 3),  # conv4 and conv5 on 4x4 maps, cheap enough to be 192 wide: 83.95 against 83.06%
+            "hidden": 0,  # one FC layer on the flattened 4x4 map
+            "dropout": 0.0,  # no hidden layer to drop out
+            "pool_first": True,  # the same function, a quarter of the pixels for batch norm and ReLU
+        },
+        "train": {
+            "epochs": 16,  # a bf16 CPU fits all 16 in 295 s; 24 without the clock added only 0.28 points
+            "batch_size": 256,  # batch 128 (lr 0.2) was within the noise, at fewer images/s
+            "lr": 0.4,  # +0.5 points over 0.2 on three seeds; 0.3 and 0.6 were lower
+            "label_smoothing": 0.1,  # above 0.2 on every seed at 10 epochs (SGD); a tie over six with Muon
+            "whiten": True,  # conv1 from the whitening of 3x3 patches
+            "optimizer": "muon",  # conv2-conv5 on Muon: about +1 point on every seed, for ~3% of the step
+            "muon_lr": 0.1,  # the plateau at batch 256 (0.08-0.12); momentum 0.8 was lower
+            "val_every": 0,  # validate once, after the last epoch
+            "tta_shift": 2,  # 6 test views (flips, 2 px shifts): 84.02 against 83.70% for flips alone
+            "time_limit": 295,  # just under 300 s, with room for the report
+        },
     },
-    # 64-64-256-256-256 with conv1 and conv2 at full resolution (max-pools after conv2, conv3, conv4), conv5's
-    # map max-pooled whole into one FC layer (airbench's layout cut to five convolutions: 86.6% at 8 epochs
-    # against 84.4% for the paper's pooling after conv1, conv2, conv5 with a flattened 4x4 map), up to 40 epochs
-    # (35 took about 52 minutes on the first sessions' 2-core AVX-512 boxes; the clock allows ~38 under bf16 on
-    # the eleventh session's box, 21 in fp32 on the tenth's, ~15 on the AVX2-only one), validated every 7 on
-    # flips and 2-pixel translations (6 views).
-    # The layout of the two presets above at 48-96-192-384-384 (2.26 M parameters, ~460 img/s on the AVX2 box,
-    # 36 epochs in the hour there) reached 88.40% (seed 0) against 88.64-89.00% for this one's ~15 epochs
-    # there: it ends at 98.0% training accuracy with 4 px crops, over-fitting; not adopted.
-    # conv2-conv5 take Muon steps (rate 0.1, as cifar10): 89.54 / 89.16 / 89.34% (seeds 0-2, AVX2 box, 15-16
-    # epochs begun in the hour) against 88.64 / 88.78 / 89.00% with SGD (seeds 0-2).
-    # The bound was 35 until bf16 autocast on a CPU with AVX512_BF16 trained it at ~470 img/s: 40 lets the clock,
-    # not the bound, end the hour there (90.54 / 89.82 / 90.72%, seeds 0 / 1 / 2, 38 epochs; 40 without the limit:
-    # 90.20% in 3,933 s). 64-128-256-512-512 with cutout 8 (2.1x the MACs, 19 epochs in that hour): 90.04%, seed 0;
-    # with sides 16 -> 32 px over the first half hour (29 epochs): 89.96%; neither adopted.
-    # Conv5 512 wide with label smoothing 0.2: 90.52% (36 epochs); batch 128 (lr 0.1, Muon 0.07): 90.10%; two hidden FC
-    # layers of 1024 with dropout 0.5: 69.70% at epoch 14 against 80.42% (stopped); airbench's 2x2 stem into
-    # 24-64-256-256-256 (--conv1-kernel 2, 1.4x the images/s): 89.72% after 60 epochs. Seed 0 each; none adopted.
-    "cifar10-best": {
-        "model": {"name": "alexnet-cifar", "widths": (64, 64, 256, 256, 256), "pools": (2, 3, 4),
-                  "global_pool": True, "hidden": 0, "dropout": 0.0, "pool_first": True},
-        "train": {"epochs": 40, "batch_size": 256, "lr": 0.2, "label_smoothing": 0.1, "whiten": True,
-                  "optimizer": "muon", "muon_lr": 0.1,
-                  "val_every": 7, "tta_shift": 2, "time_limit": 3590},
+    # cifar10-best keeps the default 4 px crops: 2 px gave 89.40 against 89.54% and a network that over-fit more.
+    "cifar10-best": {  # the best accuracy in an hour
+        "model": {
+            "name": "alexnet-cifar",
+            "widths": (64, 64, 256, 256, 256),  # airbench's shape: 64 channels at 32 and 16 px, 256 below
+            "pools": (2, 3, 4),  # conv1 and conv2 at 32 px: 86.6 against 84.4% at 8 epochs for pools 1,2,5
+            "global_pool": True,  # conv5's 4x4 map max-pooled whole into the FC layer (part of the same gain)
+            "hidden": 0,  # one FC layer: +1.1 points and 13% more images/s than two hidden ones with dropout
+            "dropout": 0.0,  # no hidden layer to drop out
+            "pool_first": True,  # the same function, a quarter of the pixels for batch norm and ReLU
+        },
+        "train": {
+            "epochs": 40,  # above the ~38 a bf16 CPU fits in the hour, so the clock, not the bound, ends it
+            "batch_size": 256,  # batch 128 (twice the steps) ended 0.44 points behind
+            "lr": 0.2,  # 0.4 with cutout did not lift it
+            "label_smoothing": 0.1,  # 0.2 (with conv5 512 wide) was no better
+            "whiten": True,  # conv1 from the whitening of 3x3 patches
+            "optimizer": "muon",  # conv2-conv5 on Muon: +0.54 points over SGD on three seeds
+            "muon_lr": 0.1,  # as cifar10
+            "val_every": 7,  # a progress check every 7 epochs; each costs ~50 s of the hour on a slow CPU
+            "tta_shift": 2,  # 6 test views: shifts are worth 0.5-0.6 points over flips alone
+            "time_limit": 3590,  # just under the hour
+        },
     },
     # The 2012 paper's recipe (section 5): SGD 0.01, momentum 0.9, weight decay 5e-4, batch 128, the rate
     # divided by 10 when validation stops improving, 90 epochs, LRN, resize-256 + random 227 crops (the
@@ -199,6 +218,31 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "warmup_epochs": 2, "schedule": "cosine", "tta": False},
     },
     # The notebook recipe: the paper network with batch norm on CIFAR-10 upsampled to 227 px.
+    # Fine-tuning torchvision's ImageNet AlexNet on a small folder of photos (docs/finetuning.md): give the
+    # weights with --init-from alexnet-owt-7be5be79.pth, optionally --freeze features.
+    "finetune": {
+        "model": {"name": "alexnet-torchvision"},  # the published weights' layout: they load as they are
+        "data": {
+            "image_size": 224,  # the side the ImageNet weights were trained at
+            "input_stats": "imagenet",  # the weights expect ImageNet's mean/std, not the new folder's
+            "loader": "stream",  # photos are decoded per batch, whatever their size
+            "crop": "random-resized",  # torchvision's training crop: the augmentation the weights know
+            "resize": 256,  # evaluation: shorter side 256, centre 224 crop, as torchvision evaluates
+            "val_split": 0.2,  # a small folder: one image in five held out, so the score means something
+        },
+        "train": {
+            "epochs": 8,  # pretrained features adapt in a few passes; more of them over-fit a small folder
+            "batch_size": 32,  # a few hundred photos still make ~10 steps an epoch
+            "optimizer": "sgd",  # Muon needs batch norm, which this network has none of
+            "lr": 0.01,  # the new classifier layer's rate (torchvision trains AlexNet at 0.01)
+            "lr_backbone": 0.001,  # the loaded layers at a tenth: large steps would wash out ImageNet features
+            "weight_decay": 1e-4,  # torchvision's AlexNet recipe
+            "label_smoothing": 0.1,  # softer targets over-fit a few hundred images less
+            "warmup_epochs": 0.5,  # the random head's first gradients are large: ramp the rate up
+            "schedule": "cosine",  # a smooth decay to 0 over the short run
+            "whiten": False,  # the pretrained first conv is kept as it is
+        },
+    },
     "notebook": {
         "model": {"name": "alexnet", "norm": "batchnorm"},
         "data": {"image_size": 227},
@@ -211,7 +255,7 @@ MUON_NEEDS_BATCH_NORM = ("--optimizer muon needs batch norm after every convolut
                          "scale): add --norm batchnorm or use --optimizer sgd")
 
 # The built-in models' default normalisation (config stays torch-free, so it does not ask the registry).
-DEFAULT_NORMS = {"alexnet": "lrn", "alexnet-cifar": "batchnorm"}
+DEFAULT_NORMS = {"alexnet": "lrn", "alexnet-cifar": "batchnorm", "alexnet-torchvision": "none"}
 
 
 def model_norm(model: ModelConfig) -> str | None:
@@ -238,6 +282,12 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> Run
         # A preset's Muon needs batch norm after every conv (it fixes the filters' scale): a network without
         # it (`--norm none`, the paper's LRN) trains with the preset's SGD settings instead.
         parts["train"] = replace(parts["train"], optimizer="sgd")
+    if parts["train"].init_from and parts["train"].whiten and "whiten" not in train:
+        # A preset's whitening would overwrite the first convolution the pretrained weights just set.
+        parts["train"] = replace(parts["train"], whiten=False)
+    if train.get("early_stop") and "val_every" not in train and parts["train"].val_every == 0:
+        # A recipe that validates only at the end would never let --early-stop act: validate every epoch.
+        parts["train"] = replace(parts["train"], val_every=1)
     if "epochs" in train and "time_limit" not in train:
         # A preset's time limit belongs to its recipe: asking for N epochs means N epochs, whatever they take.
         parts["train"] = replace(parts["train"], time_limit=0.0)
@@ -291,10 +341,22 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.res_start == 0 or (cfg.model.name == "alexnet-cifar" and cfg.model.global_pool is True),
          "--res-start needs a head that takes any input side: use --model alexnet-cifar --global-pool"),
         (t.val_every >= 0, "--val-every must be >= 0 (0 = after the last epoch only)"),
+        (t.save_every >= 0, "--save-every must be >= 0 seconds (0 = at the end of each epoch only)"),
+        (t.save_every_steps >= 0, "--save-every-steps must be >= 0 (0 = at the end of each epoch only)"),
+        (t.early_stop >= 0, "--early-stop must be >= 0 validations (0 = off)"),
+        (t.min_delta >= 0, "--min-delta must be >= 0"),
+        (t.early_stop == 0 or d.val_split > 0, "--early-stop watches the validation accuracy: it needs "
+                                               "--val-split > 0"),
+        (t.early_stop == 0 or t.val_every > 0, "--early-stop counts validations: pass --val-every N (this recipe "
+                                               "validates only after the last epoch)"),
         (0 <= t.tta_shift <= 8, "--tta-shift must be between 0 and 8 pixels"),
         (d.workers >= 0, "--workers must be >= 0"),
         (d.loader in ("auto", "memory", "stream"), "--loader must be auto, memory or stream"),
         (d.crop in ("random-resized", "paper"), "--crop must be random-resized or paper"),
+        (d.input_stats in ("dataset", "imagenet"), "--input-stats must be dataset or imagenet"),
+        (t.lr_backbone is None or t.lr_backbone > 0, "--lr-backbone must be > 0"),
+        (not (t.init_from and t.whiten), "--whiten would overwrite the first convolution --init-from loads: "
+                                         "drop --whiten"),
         (d.image_size is None or d.resize >= d.image_size or d.loader == "memory",
          "--resize must be at least --image-size"),
     ]

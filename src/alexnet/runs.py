@@ -1,12 +1,19 @@
-"""What a run folder holds, read without torch: its config, history and best score (for the CLI's summaries)."""
+"""What a run folder holds, read without torch: its config, history, best and test scores (`alexnet train`'s
+closing lines, `alexnet runs`), and the record of evaluations that `alexnet evaluate` and `report` keep in it."""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import re
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+EVALUATIONS = "evaluations.json"  # RUN/evaluations.json: every `evaluate` and `report` score of the run's weights
+MAX_EVALUATIONS = 200  # the oldest records give way beyond this
+STAMP = re.compile(r"^(\d{8}-\d{6})-")  # runs/<YYYYmmdd-HHMMSS>-<model>, the trainer's default folder name
 
 
 @dataclass(frozen=True)
@@ -14,6 +21,33 @@ class RunSummary:
     path: Path
     config: dict[str, Any]  # config.json as written at the start of the run
     history: list[dict[str, Any]]  # one row per finished epoch (history.json)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # evaluations.json, oldest first
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The resolved RunConfig as a dict ({} when config.json is missing)."""
+        return self.config.get("config") or {}
+
+    @property
+    def started(self) -> float | None:
+        """When the run started (seconds since the epoch): the stamp of a default folder name, else the time
+        config.json was written (at the start of the run, or of its latest --resume)."""
+        match = STAMP.match(self.path.name)
+        if match:
+            return time.mktime(time.strptime(match.group(1), "%Y%m%d-%H%M%S"))
+        try:
+            return (self.path / "config.json").stat().st_mtime
+        except OSError:
+            return None
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(row.get("seconds") or 0.0 for row in self.history))
+
+    @property
+    def test(self) -> dict[str, Any] | None:
+        """The latest recorded evaluation on a test split, if any."""
+        return next((e for e in reversed(list(self.evaluations)) if e.get("split") == "test"), None)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -38,7 +72,117 @@ def read_run(run: str | Path) -> RunSummary:
         except (OSError, ValueError):
             return default
 
-    return RunSummary(path, load("config.json", {}), load("history.json", []))
+    evaluations = load(EVALUATIONS, [])
+    return RunSummary(path, load("config.json", {}), load("history.json", []),
+                      evaluations if isinstance(evaluations, list) else [])
+
+
+def is_run(folder: Path) -> bool:
+    """A folder `alexnet train` wrote: its config.json holds a run config (an exported model's does not)."""
+    try:
+        return "train" in (json.loads((folder / "config.json").read_text()).get("config") or {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def find_runs(root: str | Path, depth: int = 2) -> list[RunSummary]:
+    """The runs in `root` (itself, or folders up to `depth` levels below it), oldest first."""
+    root = Path(root)
+    found: list[Path] = []
+
+    def walk(folder: Path, level: int) -> None:
+        if is_run(folder):
+            found.append(folder)  # a run's own subfolders (report/) are not runs
+        elif level < depth:
+            for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                walk(child, level + 1)
+
+    walk(root, 0)
+    runs = [read_run(p) for p in found]
+    return sorted(runs, key=lambda r: (r.started or 0.0, str(r.path)))
+
+
+def run_row(run: RunSummary) -> dict[str, Any]:
+    """One run as `alexnet runs --json` prints it."""
+    cfg, best, test = run.settings, run.best, run.test
+    started = run.started
+    return {
+        "path": str(run.path),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)) if started else None,
+        "model": (cfg.get("model") or {}).get("name"),
+        "preset": cfg.get("preset"),
+        "epochs": len(run.history),
+        "epochs_planned": (cfg.get("train") or {}).get("epochs"),
+        "seconds": round(run.seconds, 1),
+        "best_val_acc": best["val_acc"] if best else None,
+        "best_epoch": best["epoch"] if best else None,
+        "test_acc": test.get("accuracy") if test else None,
+        "test": test,
+        "init_from": (run.config.get("init") or {}).get("from"),
+    }
+
+
+def _percent(value: Any) -> str:
+    return f"{value * 100:.2f}%" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.1f}m" if seconds < 3600 else f"{seconds / 3600:.1f}h"
+
+
+def runs_table(runs: list[RunSummary], title: str) -> Any:
+    """A rich Table of the runs: when, model, preset, epochs, time, best validation and test accuracy, path."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("started", "left"), ("model", "left"), ("preset", "left"), ("epochs", "right"),
+                          ("time", "right"), ("best val", "right"), ("test", "right"), ("path", "left")):
+        table.add_column(name, justify=justify, overflow="fold" if name == "path" else "ellipsis")
+    for run in runs:
+        row = run_row(run)
+        planned = row["epochs_planned"]
+        table.add_row((row["started"] or "-").replace("T", " ")[:16], row["model"] or "-", row["preset"] or "-",
+                      f"{row['epochs']}/{planned}" if planned else str(row["epochs"]),
+                      _duration(run.seconds) if run.history else "-", _percent(row["best_val_acc"]),
+                      _percent(row["test_acc"]), row["path"])
+    return table
+
+
+def run_folder(checkpoint: str | Path) -> Path | None:
+    """The run folder a checkpoint (or folder) argument belongs to; None for anything else."""
+    path = Path(checkpoint)
+    folder = path if path.is_dir() else path.parent
+    return folder if is_run(folder) else None
+
+
+def record_evaluation(checkpoint: str | Path, metrics: dict[str, Any], *, by: str, split: str,
+                      data: str | None = None, ten_crop: bool = False) -> Path | None:
+    """Append a score to RUN/evaluations.json (rewritten atomically); None when `checkpoint` is not in a run.
+
+    A record file that cannot be read is left as it is (and nothing recorded) rather than overwritten."""
+    run = run_folder(checkpoint)
+    if run is None:
+        return None
+    path = run / EVALUATIONS
+    records: Any = []
+    if path.exists():
+        try:
+            records = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(records, list):
+            return None
+    from .engine.checkpoint import write_json  # imports torch: only the evaluating verbs call this
+
+    name = Path(checkpoint).name if Path(checkpoint).is_file() else next(
+        (f for f in ("best.pt", "last.pt") if (run / f).is_file()), "best.pt")  # what load_checkpoint picks
+    records.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "by": by, "checkpoint": name,
+                    "data": data, "split": split, "ten_crop": ten_crop, "accuracy": metrics.get("accuracy"),
+                    "top5": metrics.get("top5"), "num_samples": metrics.get("num_samples")})
+    write_json(path, records[-MAX_EVALUATIONS:])
+    return path
 
 
 def closing_lines(run: str | Path) -> list[str]:

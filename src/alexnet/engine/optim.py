@@ -12,6 +12,7 @@ from torch import nn
 from ..config import MUON_NEEDS_BATCH_NORM, TrainConfig
 from ..errors import AlexnetError
 from .budget import TimeBudget
+from .finetune import split_rates
 
 
 def batch_norms(model: nn.Module) -> list[nn.Module]:
@@ -148,7 +149,9 @@ def muon_groups(model: nn.Module, groups: list[dict], cfg: TrainConfig) -> list[
          "weight_decay": 0.0, "muon": True, "conv_groups": count} for count, params in sorted(towers.items())]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, lr_scales: dict[int, float] | None = None
+                    ) -> torch.optim.Optimizer:
+    """lr_scales: rate multipliers by parameter id (--lr-backbone's pretrained layers, engine/finetune.py)."""
     if not cfg.bn_scale:
         freeze_norm_scales(model)
     groups = parameter_groups(model, cfg.weight_decay, cfg.bn_bias_lr)
@@ -156,8 +159,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         group["lr"] = cfg.lr * group.pop("lr_scale", 1.0)
     nesterov = cfg.nesterov and cfg.momentum > 0
     if cfg.optimizer == "muon":
-        return MuonSGD(muon_groups(model, groups, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
+        return MuonSGD(split_rates(muon_groups(model, groups, cfg), lr_scales), lr=cfg.lr, momentum=cfg.momentum,
+                       nesterov=nesterov)
+    return torch.optim.SGD(split_rates(groups, lr_scales), lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
 
 
 # Under a time limit the warm-up ends, at the latest, when this share of the training time is spent: on
