@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from .config import PRESETS
@@ -266,11 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ten-crop", action="store_true", help="average the paper's ten crops (streamed models)")
     e.add_argument("--device", default="auto")
 
-    pr = sub.add_parser("predict", help="top-k classes of image files")
+    pr = sub.add_parser("predict", help="top-k classes of image files, folders or globs")
     pr.add_argument("checkpoint", metavar="MODEL", help="a run folder, RUN/best.pt or an exported model folder")
-    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("images", nargs="+", metavar="IMAGE",
+                    help="image files, folders (searched recursively) or quoted globs such as 'photos/**/*.jpg'")
     pr.add_argument("--top-k", type=positive_int, default=5)
+    pr.add_argument("--batch-size", type=positive_int, default=64,
+                    help="images decoded and predicted together (memory stays bounded by this)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pr.add_argument("--csv", metavar="FILE", help="write image, class_1, probability_1, ... rows to FILE "
+                                                  "('-' = stdout); the file appears complete or not at all")
     pr.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                     help="auto: onnxruntime for an exported folder with model.onnx (no torch import), else torch")
     pr.add_argument("--device", default="auto")
@@ -430,13 +436,32 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .jsonio import json_text
     from .runtime import load_classifier
 
-    results = load_classifier(args.checkpoint, args.backend, args.device).predict_files(args.images, args.top_k)
-    if args.json:
-        print(json_text(results))
-        return
-    for r in results:
-        top = "  ".join(f"{p['class']} {p['probability'] * 100:.1f}%" for p in r["predictions"])
-        print(f"{r['image']}: {top}")
+    from .atomic import atomic_write
+    from .predictions import predict_stream, write_csv
+
+    classifier = load_classifier(args.checkpoint, args.backend, args.device)
+    results = predict_stream(classifier.predict_files, args.images, args.top_k, args.batch_size)
+    if args.csv and args.csv != "-":
+        count = 0
+
+        def write(tmp: str) -> None:
+            nonlocal count
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                count = write_csv(results, f)
+
+        atomic_write(Path(args.csv), write)
+        print(f"{count:,} predictions written to {args.csv}")
+    elif args.csv:
+        write_csv(results, sys.stdout)
+    elif args.json:  # one JSON list, written as the results come
+        print("[", end="")
+        for i, r in enumerate(results):
+            print(("," if i else "") + "\n" + json_text(r), end="")
+        print("\n]")
+    else:
+        for r in results:
+            top = "  ".join(f"{p['class']} {p['probability'] * 100:.1f}%" for p in r["predictions"])
+            print(f"{r['image']}: {top}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
