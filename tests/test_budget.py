@@ -158,7 +158,7 @@ def test_progressive_resizing_trains_small_then_validates_at_full_size(tiny_fold
     assert cfg["res_start"] == 16 and cfg["res_ramp"] == 0.5
 
 
-def test_the_reserve_counts_the_passes_that_evaluation_makes():
+def test_the_reserve_counts_the_views_that_evaluation_makes():
     from alexnet.engine.evaluation import collect_logits, tta_views
 
     passes = []
@@ -172,4 +172,6 @@ def test_the_reserve_counts_the_passes_that_evaluation_makes():
     for tta, shift in [(False, 0), (True, 0), (True, 2)]:
         passes.clear()
         collect_logits(Counting(), batches, torch.device("cpu"), "off", tta, shift)
-        assert len(passes) == tta_views(tta, shift)
+        # The views go through the model as one batch: 4 images x 1, 2 or 6 views.
+        assert passes == [4 * {(False, 0): 1, (True, 0): 2, (True, 2): 6}[tta, shift]]
+        assert sum(passes) == 4 * tta_views(tta, shift)

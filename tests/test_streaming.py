@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -188,10 +192,29 @@ def test_lighting_pca_is_orthonormal_identity_at_zero_std_and_seeded(data):
     assert torch.equal(again.eigvals, pca.eigvals) and torch.equal(again.eigvecs, pca.eigvecs)
 
 
-def test_colour_stats_are_cached_and_recomputed_when_damaged(data, tmp_path, monkeypatch):
+def two_colour_folder(root: Path) -> list[Path]:
+    """One pure red and one pure blue PNG: pixel statistics known by hand."""
+    paths = []
+    for name, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (70, 90), colour).save(root / name / "0.png")
+        paths.append(root / name / "0.png")
+    return paths
+
+
+def test_colour_stats_of_two_pure_colours_match_the_hand_computed_values(tmp_path):
+    # Half the pixels (1, 0, 0), half (0, 0, 1): mean (0.5, 0, 0.5), std 0.5 for red and blue (green is flat and
+    # floored at 1e-3), covariance [[.25, 0, -.25], [0, 0, 0], [-.25, 0, .25]]: eigenvalues 0.5, 0, 0 and the
+    # first eigenvector (1, 0, -1) / sqrt(2), its largest component positive.
+    stats = color_stats(two_colour_folder(tmp_path))
+    assert stats.mean == pytest.approx([0.5, 0.0, 0.5]) and stats.std == pytest.approx([0.5, 1e-3, 0.5])
+    assert stats.eigvals == pytest.approx([0.5, 0.0, 0.0], abs=1e-12)
+    assert [row[0] for row in stats.eigvecs] == pytest.approx([2 ** -0.5, 0.0, -(2 ** -0.5)])
+
+
+def test_colour_stats_are_cached_and_recomputed_when_damaged_or_changed(data, tmp_path, monkeypatch):
     cache = tmp_path / "stats" / "color.json"
     stats = color_stats(data[0], cache, max_images=6)
-    assert cache.exists() and len(stats.mean) == 3 and all(s > 0 for s in stats.std)
 
     def boom(*args):
         raise AssertionError("recomputed despite a valid cache")
@@ -204,10 +227,56 @@ def test_colour_stats_are_cached_and_recomputed_when_damaged(data, tmp_path, mon
                            torch.tensor(stats.eigvals, dtype=torch.float32))
     cache.write_text("{not json")
     assert color_stats(data[0], cache, max_images=6) == stats and json.loads(cache.read_text())["key"]
-    # A bright-red-dominated sample: the red mean must exceed the others.
-    reds = [p for p, label in zip(*data) if label == 0]
-    red = color_stats(reds)
-    assert red.mean[0] > red.mean[1] + 0.2
+    # A sampled file rewritten (same name, new content) is a new key: the stale entry is not used.
+    paths = two_colour_folder(tmp_path / "two")
+    first = color_stats(paths, cache)
+    Image.new("RGB", (70, 90), (0, 255, 0)).save(paths[0])  # red -> green
+    os.utime(paths[0], ns=(1, 1))
+    assert color_stats(paths, cache).mean == pytest.approx([0.0, 0.5, 0.5]) != first.mean
+
+
+def test_the_streamed_set_up_finds_its_colour_stats_in_a_second_process(tmp_path):
+    # Keyed by Python's salted hash(), the entry was written afresh by every process and never read again.
+    paths = two_colour_folder(tmp_path / "photos")
+    cache = tmp_path / "cache"
+    code = textwrap.dedent(f"""
+        import sys, torch
+        from alexnet.config import DataConfig
+        from alexnet.data import lighting
+        from alexnet.data.pipeline import build_training
+        if sys.argv[1] == "second":
+            def boom(*args):
+                raise SystemExit("the colour statistics were computed again")
+            lighting._compute = boom
+        cfg = DataConfig(source={str(tmp_path / 'photos')!r}, loader="stream", val_split=0.0, lighting=True,
+                         cache_dir={str(cache)!r}, resize=64)
+        data = build_training(cfg, 32, 2, 0, torch.device("cpu"))
+        print(data.spec.mean)
+    """)
+    first = subprocess.run([sys.executable, "-c", code, "first"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    (entry,) = (cache / "color-stats").iterdir()
+    written = entry.stat().st_mtime_ns
+    second = subprocess.run([sys.executable, "-c", code, "second"], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout == "(0.5, 0.0, 0.5)\n"
+    assert list((cache / "color-stats").iterdir()) == [entry] and entry.stat().st_mtime_ns == written
+    assert len(paths) == 2
+
+
+def test_one_streamed_training_set_up_walks_the_tree_once(tmp_path, monkeypatch):
+    from alexnet.config import DataConfig
+    from alexnet.data import folder as folder_module
+    from alexnet.data.pipeline import build_training
+
+    two_colour_folder(tmp_path / "photos")  # 70 px and wider: `--loader auto` streams it
+    walks = []
+    real = folder_module.scan_folder
+    monkeypatch.setattr(folder_module, "scan_folder", lambda root: (walks.append(root), real(root))[1])
+    cfg = DataConfig(source=str(tmp_path / "photos"), val_split=0.0, cache_dir=str(tmp_path / "cache"), resize=64)
+    data = build_training(cfg, 32, 2, 0, CPU)
+    assert data.spec.kind == "stream" and data.num_train == 2
+    assert walks == [tmp_path / "photos"]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -227,3 +296,32 @@ def test_bad_settings_are_user_errors(data):
         make(data, crop="centre")
     with pytest.raises(AlexnetError, match="resize"):
         make(data, image_size=64, resize=48)
+
+
+def test_a_process_holding_an_unreadable_batchs_traceback_still_exits(tmp_path):
+    # The decoding workers ignore SIGTERM (a Ctrl-C or a scheduler's signal is the main process's to handle).
+    # When an unreadable image ends an epoch and the caller keeps the exception (as pytest or a notebook does),
+    # the workers must still be ended through the loader, not left to the interpreter's exit, which would
+    # SIGTERM them and wait forever.
+    folder = tmp_path / "train"
+    for c in ("ant", "bee"):
+        (folder / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), (60 * i, 100, 30)).save(folder / c / f"{i}.png")
+    (folder / "bee" / "4.png").write_bytes(b"not a png")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from alexnet.data.folder import scan_folder
+        from alexnet.data.streaming import StreamingLoader
+        paths, labels = scan_folder({str(tmp_path)!r}).splits["train"]
+        loader = StreamingLoader(paths, labels, 2, train=False, image_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                                 device=torch.device("cpu"), workers=2, resize=40)
+        try:
+            for _ in loader:
+                pass
+        except Exception as e:
+            kept = e  # the traceback keeps the loader's frame alive until exit
+            print(type(e).__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "UnreadableImageError", result.stderr

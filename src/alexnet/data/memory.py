@@ -172,6 +172,7 @@ class BatchLoader:
         self.cutout = cutout
         self.cutout_fill = normalize.mean.round().clamp(0, 255).to(images.dtype)  # the mean colour, stored units
         self.epoch = 0
+        self.start = 0  # the first batch of the epoch to yield (a run resumed inside an epoch)
         self.size: int | None = None  # training side this epoch (progressive resizing); None = input side
         # Alternating flip (airbench): each image gets a seeded coin once, then is mirrored in every other
         # epoch, so any two consecutive epochs show it both ways instead of by chance.
@@ -179,9 +180,10 @@ class BatchLoader:
         self.base_flips = (torch.rand(len(labels), generator=torch.Generator().manual_seed(seed * 7_919 + 1)) < 0.5
                            if self.alternate else None)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Order and augmentation depend only on (seed, epoch): a resumed run sees the same batches."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Order and augmentation depend only on (seed, epoch): a resumed run sees the same batches. `start`:
+        begin at that batch of the epoch (a run stopped inside it), the batches after it exactly as before."""
+        self.epoch, self.start = epoch, start
 
     def set_size(self, size: int | None) -> None:
         """Bring training batches to `size` px from now on (None: the model's input side)."""
@@ -209,7 +211,7 @@ class BatchLoader:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         # Cut-out squares have their own stream, so turning them on leaves every crop and flip as it was.
         cut_gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7_777_777)
-        for g in self._global_batches(gen):
+        for i, g in enumerate(self._global_batches(gen)):
             if self.train:
                 # Augmentation is drawn for the whole global batch and then sharded, so N ranks see
                 # exactly the images one process would (same crops, same flips).
@@ -221,6 +223,8 @@ class BatchLoader:
                         flips = self.base_flips[g] ^ (self.epoch % 2 == 1)
                 if self.cutout:
                     cy, cx = cutout_centres(len(g), *self.images.shape[-2:], cut_gen)
+                if i < self.start:  # skipped, its random draws made: the batches after it are unchanged
+                    continue
                 share = slice(self.rank, None, self.world_size)
                 b = g[share].to(self.images.device)
                 x = self.images[b]
@@ -231,6 +235,8 @@ class BatchLoader:
                 if self.cutout:
                     x = cutout(x, cy[share], cx[share], self.cutout, self.cutout_fill)
             else:
+                if i < self.start:
+                    continue
                 b = g.to(self.images.device)
                 x = self.images[b]
             yield self.normalize(x, self.size if self.train else None), self.labels[b]

@@ -20,6 +20,7 @@ therefore identical for any number of workers and after a resume.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from alexnet.data.images import UnreadableImageError, load_rgb
 from alexnet.data.lighting import LightingPCA, lighting_generator
+from alexnet.data.prepare import centre_box, centre_view, resize_shorter
 from alexnet.errors import AlexnetError
 
 __all__ = ["CROPS", "StreamingLoader", "random_resized_box", "resize_shorter", "ten_crop_boxes"]
@@ -43,18 +45,6 @@ _BILINEAR = Image.Resampling.BILINEAR
 
 
 # ----------------------------------------------------------------------------- per-image transforms
-
-
-def resize_shorter(img: Image.Image, size: int) -> Image.Image:
-    """Resize (bilinear, antialiased) so the shorter side is ``size``; as torchvision's Resize(int)."""
-    width, height = img.size
-    if min(width, height) == size:
-        return img
-    if width <= height:
-        new = (size, int(size * height / width))
-    else:
-        new = (int(size * width / height), size)
-    return img.resize(new, _BILINEAR)
 
 
 def random_resized_box(width: int, height: int, rng: np.random.Generator,
@@ -86,24 +76,12 @@ def random_resized_box(width: int, height: int, rng: np.random.Generator,
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def _centre_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """PIL box (left, top, right, bottom) of the centred ``size`` square, rounded like torchvision."""
-    left, top = int(round((width - size) / 2)), int(round((height - size) / 2))
-    return left, top, left + size, top + size
-
-
-def centre_view(img: Image.Image, size: int, resize: int) -> np.ndarray:
-    """The evaluation view of one image: shorter side to `resize`, then the centre `size` square (HWC uint8)."""
-    img = resize_shorter(img, resize)
-    return np.asarray(img.crop(_centre_box(*img.size, size)))
-
-
 def ten_crop_boxes(width: int, height: int, size: int) -> list[tuple[int, int, int, int]]:
     """PIL boxes of the four corner crops (top-left, top-right, bottom-left, bottom-right) and the
     centre crop; the paper's ten views are these five and their mirror images."""
     s = size
     return [(0, 0, s, s), (width - s, 0, width, s), (0, height - s, s, height),
-            (width - s, height - s, width, height), _centre_box(width, height, s)]
+            (width - s, height - s, width, height), centre_box(width, height, s)]
 
 
 def _chw(pixels: np.ndarray) -> torch.Tensor:
@@ -183,6 +161,14 @@ class _ImageFiles(Dataset):
         if self.transform.train:
             rng = np.random.default_rng([_AUGMENT_STREAM, self.seed % 2**63, epoch, index])
         return self.transform(img, rng), self.labels[index]
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Decoding workers leave SIGINT and SIGTERM to the main process, which finishes its step and saves: a
+    Ctrl-C (sent to the whole terminal's process group) or a scheduler's SIGTERM to every process must not kill
+    the worker that process still needs. The DataLoader ends the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor] | _UnreadableBatch:
@@ -266,6 +252,7 @@ class StreamingLoader:
         self.channels_last = channels_last
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.epoch = 0
+        self.start = 0  # the first batch of the epoch to yield (a run resumed inside an epoch)
         self.labels = torch.tensor([int(v) for v in labels], dtype=torch.int64)
         transform = _Transform(train, image_size, crop, resize, ten_crop and not train, flip)
         self._dataset = _ImageFiles([os.fspath(p) for p in paths], self.labels.tolist(), transform, seed)
@@ -273,10 +260,10 @@ class StreamingLoader:
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(3, 1, 1) * 255
         self._inv_std = 1 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1) * 255)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Order, crops, flips and lighting depend only on (seed, epoch): a resumed run sees the
-        same batches."""
-        self.epoch = epoch
+        same batches. ``start``: begin at that batch of the epoch (a run stopped inside it)."""
+        self.epoch, self.start = epoch, start
 
     def _global_batches(self) -> list[torch.Tensor]:
         """This epoch's global batches of sample indices (the same arithmetic as ``BatchLoader``)."""
@@ -322,20 +309,31 @@ class StreamingLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         global_batches = self._global_batches()
-        sampler = _KeyBatches(self._shares(global_batches), self.epoch)
+        start = self.start
+        sampler = _KeyBatches(self._shares(global_batches)[start:], self.epoch)
+        # Its own generator: the DataLoader would otherwise draw its workers' base seed from the global RNG
+        # (which dropout uses), so a run resumed inside an epoch would draw dropout masks out of step.
         loader = DataLoader(self._dataset, batch_sampler=sampler, num_workers=self.workers,
+                            generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
+                            worker_init_fn=_ignore_stop_signals if self.workers else None,
                             collate_fn=_collate, pin_memory=self.pin_memory)
         batches = iter(loader)
-        for batch in range(len(sampler)):
-            try:
-                item = next(batches)
-            except RuntimeError as exc:
-                # "DataLoader worker (pid ...) exited unexpectedly / is killed by signal": usually memory.
-                if str(exc).startswith("DataLoader worker"):
-                    raise AlexnetError(f"an image loading worker died ({str(exc).splitlines()[0]}); the machine "
-                                       f"may be out of memory: retry with fewer --workers") from exc
-                raise
-            if isinstance(item, _UnreadableBatch):
-                first = item.failed[0]
-                raise UnreadableImageError(first.path, first.reason)
-            yield self._finish(*item, batch, len(global_batches[batch]))
+        try:
+            for batch in range(len(sampler)):
+                try:
+                    item = next(batches)
+                except RuntimeError as exc:
+                    # "DataLoader worker (pid ...) exited unexpectedly / is killed by signal": usually memory.
+                    if str(exc).startswith("DataLoader worker"):
+                        raise AlexnetError(f"an image loading worker died ({str(exc).splitlines()[0]}); the "
+                                           f"machine may be out of memory: retry with fewer --workers") from exc
+                    raise
+                if isinstance(item, _UnreadableBatch):
+                    first = item.failed[0]
+                    raise UnreadableImageError(first.path, first.reason)
+                yield self._finish(*item, start + batch, len(global_batches[start + batch]))
+        finally:
+            # The workers ignore SIGTERM (see _ignore_stop_signals), so they must be ended through the loader
+            # now: a traceback that keeps this frame alive would otherwise leave them to the interpreter's exit,
+            # whose SIGTERM they ignore while it waits for them.
+            del batches

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 # An evaluated view costs this share of a training step per image: forward only, no augmentation.
-# Measured on the AVX2 box (2026-11-28): `cifar10`'s network trains at ~590 img/s and evaluates 5,000
+# Measured on a 2-core AVX2-only CPU: `cifar10`'s network trains at ~590 img/s and evaluates 5,000
 # images x 6 views in 13.9 s, i.e. 0.27 of a training step per view. The report reuses the validation's
 # logits (one more pass only over a training split, when none is held out), then adds its imports, the
 # split loaded again from the cache and the figures: 7 s there. The estimate is
@@ -79,6 +80,24 @@ class TimeBudget:
     def eval_seconds(self) -> float:
         """The estimated seconds of one validation pass, with margin (0 before any step is timed)."""
         return RESERVE_MARGIN * self._evaluation_seconds(self.val_images)
+
+    def clock(self, spent: bool, now: float | None = None) -> dict[str, Any]:
+        """The clock for a checkpoint, as offsets from the command's start: a run stopped before its time
+        was `spent` resumes with the time it had left (see `wind`)."""
+        now = time.time() if now is None else now
+        since = {name: (t - self.started if t else None)
+                 for name, t in (("train_started", self.train_started), ("decay_started", self.decay_started))}
+        return {"elapsed": now - self.started, "spent": spent, **since, "reserve": self.reserve,
+                "seconds_per_image": self.seconds_per_image, "step_seconds": self.step_seconds, "scale": self._scale}
+
+    def wind(self, clock: dict[str, Any], started: float) -> None:
+        """Carry on a saved clock in a command that started at `started` (time.time()): the time between the
+        two commands is not counted, the new command's own start-up is."""
+        self.started = started - clock["elapsed"]
+        self.train_started = self.started + clock["train_started"] if clock["train_started"] is not None else 0.0
+        self.decay_started = self.started + clock["decay_started"] if clock["decay_started"] is not None else None
+        self.reserve, self.seconds_per_image = clock["reserve"], clock["seconds_per_image"]
+        self.step_seconds, self._scale = clock["step_seconds"], clock["scale"]
 
     def observe_step(self, seconds: float, images: int, cost_scale: float = 1.0) -> None:
         """Learn the training cost from each step (scaled to the full side when training smaller) and keep

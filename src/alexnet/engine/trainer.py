@@ -1,13 +1,21 @@
-"""The training story: read data, build the model, loop over epochs, validate, checkpoint, report."""
+"""The training story: set a run up, restore it when resuming, then train epoch after epoch.
+
+    run = set_up(cfg, ...)       data, model, optimiser, schedule, the callbacks
+    restore(run, checkpoint)     a resumed run goes on from the very step it stopped at
+    while the run goes on:
+        train_epoch(run)         the epoch's steps, from run.state.step on
+        end_epoch(run)           validate, append the history row
+
+What needs the loop's moments (checkpoints, history files, the time limit, progress, early stopping,
+TensorBoard, stopping on a signal) is a callback (callbacks.py), called at named points.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +26,83 @@ from torch import nn
 from ..config import RunConfig, validate
 from ..data.memory import BatchLoader, images_digest, prefetch
 from ..data.pipeline import InputSpec, build_training
-from ..errors import AlexnetError
+from ..errors import AlexnetError, TrainingStopped
 from ..models import create_model, default_image_size
-from .budget import TimeBudget
-from .checkpoint import (atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
-                         write_json)
 from . import distributed
+from .budget import TimeBudget
+from .callbacks import Callback, build_callbacks
+from .checkpoint import (check_optimizer_state, load_checkpoint, load_weights, remove_stale_temp_files,
+                         reported_write, restore_rng_state, write_json)
 from .device import autocast, grad_scaler, hardware_info, precision, resolve_device, tune_cpu_allocator, versions
 from .ema import EMA
 from .evaluation import collect_logits, loss_and_accuracy, tta_views
+from .finetune import prepare_finetune
 from .optim import build_optimizer, build_scheduler
 from .progress import EpochProgress
 from .resolution import epoch_side
+from .run import Run, TrainState
 from .whitening import whiten_first_conv
 
-HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds"]
+# Validation outputs kept in best.pt for the report, up to this many logits (8 MB: 50,000 images x 40 classes).
+MAX_SAVED_LOGITS = 2 ** 21
 
 
-@dataclass
-class TrainState:
-    """What changes as training goes: restored exactly on --resume."""
+def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str | Path | None = None,
+          epochs: int | None = None, device: str | None = None, stop_after_epoch: int | None = None,
+          progress: bool = True, started_at: float | None = None, time_limit: float | None = None,
+          callbacks: list[Callback] | tuple[Callback, ...] = ()) -> Path:
+    """Train `cfg` into a run folder (or continue the run in `resume`) and return the folder.
 
-    epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_val_acc: float = -1.0
-    train_seconds: float = 0.0
+    Under torchrun every rank calls this; rank 0 alone prints and writes files. `started_at` (time.time()) is
+    when the command began, for --time-limit (default: now). A time-limited run resumes on its own clock when
+    it stopped with time left, else only by steps (`time_limit=0`). SIGTERM/SIGINT stop it after the step in
+    progress, with its position saved: `TrainingStopped` is raised.
+    """
+    started_at = time.time() if started_at is None else started_at
+    ckpt = load_checkpoint(Path(resume) / "last.pt") if resume is not None else None
+    cfg = resolve_config(cfg, ckpt, resume, epochs, device, time_limit)
+    run = set_up(cfg, Path(resume) if resume is not None else out, ckpt, progress, started_at, callbacks)
+    if ckpt is not None:
+        restore(run, ckpt, str(run.out / "last.pt"))
+    last_epoch = cfg.train.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.train.epochs)
+    try:
+        run.emit("on_train_begin")
+        while run.state.epoch < last_epoch and run.stop_reason is None:
+            if run.agree(run.stop_signal is not None)[0]:  # a signal that came between two epochs
+                stop_on_signal(run)
+            train_epoch(run)
+            end_epoch(run)
+    except BaseException as e:
+        run.error = e
+        raise
+    finally:
+        run.emit("on_train_end")
+    write_replica_report(run)
+    return run.out
+
+
+def resolve_config(cfg: RunConfig | None, ckpt: dict[str, Any] | None, resume: str | Path | None,
+                   epochs: int | None, device: str | None, time_limit: float | None) -> RunConfig:
+    """The config to train with: a resumed run's own, with the few flags that may change on resume."""
+    if ckpt is not None:
+        cfg = RunConfig.from_dict(ckpt["config"])
+        if time_limit:
+            raise AlexnetError("--resume cannot set a --time-limit (the schedule so far followed steps or another "
+                               "command's clock); resume with --time-limit 0 or start a new run")
+        clock = ckpt.get("clock")
+        on_clock = bool(cfg.train.time_limit) and time_limit is None and clock is not None and not clock["spent"]
+        if cfg.train.time_limit and time_limit is None and not on_clock:
+            raise AlexnetError(f"the run in {resume} trained under --time-limit {cfg.train.time_limit:g} until its "
+                               f"time was up; continue it by steps with --resume {resume} --time-limit 0, or start "
+                               "a new run")
+        if not on_clock:
+            cfg = replace(cfg, train=replace(cfg.train, time_limit=0.0))
+    assert cfg is not None
+    if epochs is not None:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
+    if device is not None:
+        cfg = replace(cfg, train=replace(cfg.train, device=device))
+    return validate(cfg)
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
@@ -51,13 +111,15 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 
 def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Refuse to train over a finished run: nothing already saved may be lost."""
+    """Refuse to train over a finished run (nothing already saved may be lost); clear what a killed one left."""
     if not resume and (out / "last.pt").exists():
         raise AlexnetError(f"--out {out} already holds a run (last.pt); pass --resume {out} to continue it "
                            "or choose another --out")
     if out.exists() and not out.is_dir():
         raise AlexnetError(f"--out {out} is a file; choose a folder path")
-    out.mkdir(parents=True, exist_ok=True)
+    with reported_write(out, "nothing was saved", None):
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out)
 
 
 def build_model(cfg: RunConfig, num_classes: int, image_size: int, device: torch.device) -> nn.Module:
@@ -68,148 +130,9 @@ def build_model(cfg: RunConfig, num_classes: int, image_size: int, device: torch
     return model
 
 
-def write_history(out: Path, history: list[dict[str, Any]]) -> None:
-    """history.csv and history.json, like Keras' History, rewritten atomically each epoch."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS)
-    writer.writeheader()
-    writer.writerows(history)
-
-    def write_csv(tmp: str) -> None:
-        Path(tmp).write_text(buf.getvalue())
-
-    atomic_write(out / "history.csv", write_csv)
-    write_json(out / "history.json", history)
-
-
-def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, cfg: RunConfig, device: torch.device, progress: EpochProgress,
-                    epoch: int, info: distributed.Dist, ema: EMA | None = None,
-                    scaler: torch.amp.GradScaler | None = None, budget: TimeBudget | None = None,
-                    cost_scale: float = 1.0) -> tuple[float, float, int]:
-    """One pass over the training split; returns (mean loss, accuracy, images seen), reduced over ranks.
-
-    With a time `budget`, the pass ends early once the time left is what the end of the run needs."""
-    model.train()
-    loader.set_epoch(epoch)
-    scaler = scaler or grad_scaler(device, "off")
-    accum = cfg.train.accum_steps
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
-    seen = 0
-    start = last = time.perf_counter()
-    progress.start(f"epoch {epoch + 1}/{cfg.train.epochs}", len(loader))
-    try:
-        for step, (x, y) in enumerate(prefetch(iter(loader), device)):
-            logits, loss = None, torch.zeros((), device=device)
-            for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum))):
-                # DDP all-reduces gradients on the last micro-batch only.
-                sync = i == accum - 1 or not info.enabled
-                with (model.no_sync() if not sync else contextlib.nullcontext()), autocast(device, cfg.train.amp):
-                    out = model(xm)
-                    micro = F.cross_entropy(out, ym, label_smoothing=cfg.train.label_smoothing) * (len(ym) / len(y))
-                scaler.scale(micro).backward()
-                loss += micro.detach()
-                logits = out.detach() if logits is None else torch.cat([logits, out.detach()])
-            bad = not math.isfinite(loss.item())
-            if distributed.broadcast_flag(bad, device) if info.enabled else bad:
-                raise AlexnetError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                   "training stopped and the last good checkpoint is kept; try a lower --lr")
-            scaler.step(optimizer)  # with fp16, skips the step when a gradient overflowed
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if ema is not None:
-                ema.update(getattr(model, "module", model))
-            loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            if step % 5 == 0 or step + 1 == len(loader):
-                rate = seen * info.world_size / (time.perf_counter() - start)
-                progress.update(step + 1, loss_sum.item() / seen, correct.item() / seen, rate)
-            if budget is not None and budget.enabled:
-                now = time.perf_counter()
-                budget.observe_step(now - last, len(y), cost_scale)
-                last = now
-                if budget.spent():
-                    break
-    finally:
-        progress.stop()
-    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
-    n = max(totals[2].item(), 1)
-    return totals[0].item() / n, totals[1].item() / n, int(totals[2].item())
-
-
-def validate_epoch(model: nn.Module, loader: BatchLoader, cfg: RunConfig, device: torch.device,
-                   info: distributed.Dist) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """Validation loss, accuracy, logits and labels over the whole split: each rank runs a share, the logits
-    are gathered."""
-    logits, labels = collect_logits(model, loader, device, cfg.train.amp, cfg.train.tta,
-                                    cfg.train.tta_shift)
-    total = len(loader.labels)
-    logits = distributed.gather_strided(logits.to(device), total, info).cpu()
-    labels = distributed.gather_strided(labels.to(device), total, info).cpu()
-    return *loss_and_accuracy(logits, labels), logits, labels
-
-
-# Validation outputs kept in best.pt for the report, up to this many logits (8 MB: 50,000 images x 40 classes).
-MAX_SAVED_LOGITS = 2 ** 21
-
-
-def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState, cfg: RunConfig,
-                     meta: dict[str, Any], full: bool, ema: EMA | None = None,
-                     scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
-    raw = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    ckpt = {
-        # With EMA the averaged weights are the ones evaluated and served; the raw ones resume training.
-        **({"ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()}} if ema is not None else {}),
-        "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
-        "epoch": state.epoch,
-        "history": state.history,
-        "best_val_acc": state.best_val_acc,
-        "train_seconds": state.train_seconds,
-        "config": cfg.to_dict(),
-        **meta,
-    }
-    if full:
-        ckpt.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state())
-        if scaler is not None and scaler.is_enabled():
-            ckpt["scaler"] = scaler.state_dict()
-    return ckpt
-
-
-def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str | Path | None = None,
-          epochs: int | None = None, device: str | None = None, stop_after_epoch: int | None = None,
-          progress: bool = True, started_at: float | None = None, time_limit: float | None = None) -> Path:
-    """Train `cfg` into a run folder (or continue the run in `resume`) and return the folder.
-
-    Under torchrun every rank calls this; rank 0 alone prints and writes files. `started_at` (time.time())
-    is when the command began, for --time-limit (default: now). A run trained under a time limit resumes
-    only with `time_limit=0`: its remaining epochs then follow the step schedule.
-    """
-    started_at = time.time() if started_at is None else started_at
-    state = TrainState()
-    ckpt = None
-    if resume is not None:
-        out = Path(resume)
-        ckpt = load_checkpoint(out / "last.pt")
-        cfg = RunConfig.from_dict(ckpt["config"])
-        if time_limit:
-            raise AlexnetError("--resume cannot set a --time-limit (the schedule so far followed steps or another "
-                               "command's clock); resume with --time-limit 0 or start a new run")
-        if cfg.train.time_limit and time_limit is None:
-            raise AlexnetError(f"the run in {out} trained under --time-limit {cfg.train.time_limit:g}, whose schedule "
-                               "follows its own command's clock; continue it by steps with --resume "
-                               f"{out} --time-limit 0, or start a new run")
-        cfg = replace(cfg, train=replace(cfg.train, time_limit=0.0))
-        state = TrainState(ckpt["epoch"], ckpt["history"], ckpt["best_val_acc"], ckpt["train_seconds"])
-    assert cfg is not None
-    # Flags that may change on resume: more epochs, another device.
-    if epochs is not None:
-        cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
-    if device is not None:
-        cfg = replace(cfg, train=replace(cfg.train, device=device))
-    validate(cfg)
+def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, progress: bool,
+           started_at: float, user_callbacks: list[Callback] | tuple[Callback, ...] = ()) -> Run:
+    """Everything a run needs, built from its config: processes, data, model, optimiser, schedule, callbacks."""
     info, dev = distributed.setup(resolve_device(cfg.train.device))
     if dev.type == "cpu":
         tune_cpu_allocator()
@@ -217,9 +140,10 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         raise AlexnetError("--time-limit runs in one process (ranks' clocks would give them different learning "
                            "rates); drop --time-limit under torchrun")
     micro_batch = distributed.check_batch(cfg.train.batch_size, info.world_size, cfg.train.accum_steps)
+    callbacks = build_callbacks(cfg, user_callbacks)  # a missing optional package fails before any data is read
     out = Path(out) if out is not None else new_run_dir(cfg)
     if info.is_main:
-        prepare_run_dir(out, resume is not None)
+        prepare_run_dir(out, ckpt is not None)
     torch.manual_seed(cfg.train.seed)
     ui = EpochProgress(progress and info.is_main)
 
@@ -236,109 +160,198 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
              f"({time.perf_counter() - t0:.1f}s)")
 
     model = build_model(cfg, len(data.classes), image_size, dev)
+    tuned = prepare_finetune(model, cfg, data.classes, ckpt, meta, ui.print)  # --init-from, --freeze, --lr-backbone
     train_loader, val_loader = data.train, data.val.loader if data.val else None
     check_progressive(cfg, train_loader, image_size)
-    optimizer = build_optimizer(model, cfg.train)
-    views = tta_views(cfg.train.tta, cfg.train.tta_shift)
+    optimizer = build_optimizer(model, cfg.train, tuned.lr_scales)
     # The report reuses the outputs of the validation that made best.pt (saved in it) for an in-memory split;
     # without a validation split it evaluates the training split.
     reused = (info.is_main and isinstance(val_loader, BatchLoader)
               and num_val * len(data.classes) <= MAX_SAVED_LOGITS)
-    val_digest = images_digest(val_loader.images) if reused else None  # ties the saved outputs to the images
-    budget = TimeBudget(cfg.train.time_limit, started_at, val_images=num_val, views=views,
-                        report=cfg.train.report and info.is_main,
+    budget = TimeBudget(cfg.train.time_limit, started_at, val_images=num_val,
+                        views=tta_views(cfg.train.tta, cfg.train.tta_shift), report=cfg.train.report and info.is_main,
                         report_images=0 if reused else (num_val or data.num_train))
     scheduler = build_scheduler(optimizer, cfg.train, len(train_loader), budget)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        restore_rng_state(ckpt["rng"])
     if cfg.train.whiten and ckpt is None and isinstance(train_loader, BatchLoader):
         sample = train_loader.images[torch.randperm(len(train_loader.labels))[:5000].to(dev)]
         whiten_first_conv(model, train_loader.normalize(sample))
-    scaler = grad_scaler(dev, cfg.train.amp)
-    if scaler.is_enabled() and ckpt is not None and "scaler" in ckpt:
-        scaler.load_state_dict(ckpt["scaler"])
     ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
-    if ema is not None and ckpt is not None:
-        ema.load_state_dict(ckpt["ema"])
-    run_model = wrap_model(model, cfg, info, dev)
     arithmetic = precision(dev, cfg.train.amp)  # what --amp resolved to here: bf16, fp16 or fp32
-
     if info.is_main:
-        write_json(out / "config.json", {"config": cfg.to_dict(), "dataset": data.description,
-                                         "num_train": data.num_train, "num_val": num_val, **meta,
-                                         "world_size": info.world_size, "versions": versions(),
-                                         "precision": arithmetic,
-                                         "hardware": hardware_info(dev)})
-    ui.print(f"model: {cfg.model.name} at {image_size}px, "
-             f"{sum(p.numel() for p in model.parameters()):,} parameters; device {dev}, "
-             f"{arithmetic}"
+        with reported_write(out / "config.json", "nothing was saved", None):
+            write_json(out / "config.json", {"config": cfg.to_dict(), "dataset": data.description,
+                                             "num_train": data.num_train, "num_val": num_val, **meta,
+                                             "world_size": info.world_size, "versions": versions(),
+                                             "precision": arithmetic, "hardware": hardware_info(dev)})
+    ui.print(f"model: {cfg.model.name} at {image_size}px, {sum(p.numel() for p in model.parameters()):,} "
+             f"parameters; device {dev}, {arithmetic}"
              f"{f' x {info.world_size} processes' if info.enabled else ''}; run folder {out}")
+    return Run(cfg=cfg, out=out, info=info, device=dev, data=data, model=model,
+               run_model=wrap_model(model, cfg, info, dev), optimizer=optimizer, scheduler=scheduler,
+               scaler=grad_scaler(dev, cfg.train.amp), ema=ema, budget=budget, meta=meta, ui=ui,
+               image_size=image_size, reused=reused, callbacks=callbacks, started_at=started_at,
+               val_digest=images_digest(val_loader.images) if reused else None)  # ties saved outputs to images
 
-    last_epoch = cfg.train.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.train.epochs)
-    for epoch in range(state.epoch, last_epoch):
-        start = time.perf_counter()
-        done = max(epoch / cfg.train.epochs, budget.run_fraction())  # by epochs or by the clock
-        side = epoch_side(done, image_size, cfg.train.res_start, cfg.train.res_ramp)
-        if cfg.train.res_start:
-            train_loader.set_size(side)
-        train_loss, train_acc, seen = train_one_epoch(run_model, train_loader, optimizer, scheduler, cfg, dev,
-                                                      ui, epoch, info, ema, scaler, budget,
-                                                      (image_size / side) ** 2)
-        train_time = time.perf_counter() - start
-        val_loss = val_acc = float("nan")
-        outputs: dict[str, Any] = {}
-        out_of_time = budget.spent()
-        every, last = cfg.train.val_every, epoch + 1 == cfg.train.epochs or out_of_time
-        scheduled = every > 0 and (epoch + 1) % every == 0
-        if scheduled and not last and budget.would_cross(budget.eval_seconds()):
-            scheduled = False  # it would eat into the final validation's time: train on, validate at the end
-        validated = val_loader is not None and (last or scheduled)
-        if validated:
-            val_loss, val_acc, logits, labels = validate_epoch(ema.shadow if ema else run_model, val_loader, cfg,
-                                                               dev, info)
-            if reused:
-                outputs = {"val_logits": logits, "val_labels": labels, "val_digest": val_digest}
-            if not out_of_time and budget.spent():  # it took longer than estimated: let it be the final one
-                out_of_time = True
-        scheduler.epoch_end(val_acc)
-        seconds = time.perf_counter() - start
-        state.epoch = epoch + 1
-        state.train_seconds += seconds
-        state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-                              "val_loss": val_loss, "val_acc": val_acc,
-                              "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / train_time,
-                              "seconds": seconds})
-        # Without a validation split the latest epoch is the best one we can know of. An epoch skipped by
-        # --val-every has no score: it writes best.pt only while none has been scored, so best.pt always exists.
-        scored = validated or val_loader is None
-        score = val_acc if val_loader is not None else float(state.epoch)
-        improved = score > state.best_val_acc if scored else state.best_val_acc < 0
-        if improved and scored:
-            state.best_val_acc = score
-        if info.is_main:
-            save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, state, cfg, meta, True, ema,
-                                                                  scaler))
-            if improved:
-                best = checkpoint_state(model, optimizer, scheduler, state, cfg, meta, False, ema)
-                save_checkpoint(out / "best.pt", best | outputs)
-            write_history(out, state.history)
-        val_text = f"val loss {val_loss:.3f} acc {val_acc * 100:.2f}%" if validated else "no val"
-        ui.print(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  train loss {train_loss:.3f} acc {train_acc * 100:.2f}%"
-                 f"  {val_text}  lr {optimizer.param_groups[0]['lr']:.4g}  {seen / train_time:,.0f} img/s"
-                 f"  {seconds:.1f}s{f'  at {side}px' if side != image_size else ''}"
-                 f"{'  *best' if improved and validated else ''}"
-                 f"{f'  (--time-limit {cfg.train.time_limit:g}s reached)' if out_of_time else ''}")
-        if out_of_time:
+
+def restore(run: Run, ckpt: dict[str, Any], source: str) -> None:
+    """Put a checkpoint's state back: weights, optimiser, schedule, loss scale, EMA, position, clock, RNG."""
+    try:
+        load_weights(run.model, ckpt["model"], source)
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        check_optimizer_state(run.optimizer, source)
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        if run.scaler.is_enabled() and "scaler" in ckpt:
+            run.scaler.load_state_dict(ckpt["scaler"])
+        if run.ema is not None:
+            load_weights(run.ema.shadow, ckpt["ema"], source)
+        steps = len(run.train_loader)
+        run.state = TrainState(epoch=int(ckpt["epoch"]), step=int(ckpt.get("step", 0)),
+                               global_step=int(ckpt.get("global_step", ckpt["epoch"] * steps)),
+                               history=list(ckpt["history"]), best_val_acc=float(ckpt["best_val_acc"]),
+                               train_seconds=float(ckpt["train_seconds"]), partial=ckpt.get("partial"))
+        if not 0 <= run.state.step <= steps:
+            raise ValueError(f"step {run.state.step} is outside an epoch of {steps} steps")
+        if run.budget.enabled and ckpt.get("clock"):
+            run.budget.wind(ckpt["clock"], run.started_at)  # the time left when it stopped
+        restore_rng_state(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise AlexnetError(f"{source} holds no state this run can resume from ({type(e).__name__}: {reason}); "
+                           "start a new run") from None
+    run.saved = (run.state.epoch, run.state.step)
+
+
+def train_epoch(run: Run) -> None:
+    """The steps of epoch `state.epoch`, from `state.step` on. After a stop signal, once Checkpointing has
+    saved the position, TrainingStopped is raised."""
+    s = run.state
+    run.begin_epoch()
+    run.emit("on_epoch_begin", s.epoch)
+    run.run_model.train()
+    steps = len(run.train_loader)
+    last = time.perf_counter()
+    for x, y in prefetch(iter(run.train_loader), run.device):
+        loss, correct = forward_backward(run, x, y)
+        bad, stop, save = run.agree(not math.isfinite(loss.item()), run.stop_signal is not None, run.save_due())
+        if bad:
+            raise AlexnetError(f"the loss became {loss.item()} at epoch {s.epoch + 1}, step {s.step + 1}; "
+                               "training stopped and the last good checkpoint is kept; try a lower --lr")
+        optimizer_step(run)
+        run.add_to_sums(loss, correct, len(y))
+        s.step += 1
+        s.global_step += 1
+        now = time.perf_counter()
+        final = s.step == steps
+        logs = {"epoch": s.epoch, "global_step": s.global_step, "loss": loss.item(),
+                "accuracy": correct.item() / len(y), "lr": run.optimizer.param_groups[0]["lr"], "images": len(y),
+                "seconds": now - last, "images_per_s": len(y) * run.info.world_size / max(now - last, 1e-9),
+                "last": final or stop, "save": save and not final, "stop": stop}
+        last = now
+        run.emit("on_step_end", s.step - 1, logs)
+        if stop:
+            stop_on_signal(run)
+        if run.ending_epoch:
             break
-    if info.enabled:
-        prints = distributed.weight_fingerprints(model, info)
-        if info.is_main:
-            write_json(out / "distributed.json", {"world_size": info.world_size, "weight_fingerprints": prints,
+
+
+def forward_backward(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's loss (over its micro-batches) and correct count; the gradients are accumulated."""
+    accum, train = run.cfg.train.accum_steps, run.cfg.train
+    logits, loss = None, torch.zeros((), device=run.device)
+    for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum))):
+        # DDP all-reduces gradients on the last micro-batch only.
+        sync = i == accum - 1 or not run.info.enabled
+        with (run.run_model.no_sync() if not sync else contextlib.nullcontext()), autocast(run.device, train.amp):
+            out = run.run_model(xm)
+            micro = F.cross_entropy(out, ym, label_smoothing=train.label_smoothing) * (len(ym) / len(y))
+        run.scaler.scale(micro).backward()
+        loss += micro.detach()
+        logits = out.detach() if logits is None else torch.cat([logits, out.detach()])
+    return loss, (logits.argmax(1) == y).sum()
+
+
+def optimizer_step(run: Run) -> None:
+    run.scaler.step(run.optimizer)  # with fp16, skips the step when a gradient overflowed
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(getattr(run.run_model, "module", run.run_model))
+
+
+def end_epoch(run: Run) -> None:
+    """Validate when it is due and append the epoch's history row; the callbacks save, print, decide to go on."""
+    s, cfg, budget = run.state, run.cfg, run.budget
+    train_loss, train_acc, seen = run.epoch_means()
+    train_time = run.epoch_seconds()
+    epoch, out_of_time = s.epoch, budget.spent()
+    every, last = cfg.train.val_every, epoch + 1 == cfg.train.epochs or out_of_time or run.stop_reason is not None
+    scheduled = every > 0 and (epoch + 1) % every == 0
+    if scheduled and not last and budget.would_cross(budget.eval_seconds()):
+        scheduled = False  # it would eat into the final validation's time: train on, validate at the end
+    validated = run.val_loader is not None and (last or scheduled)
+    val_loss = val_acc = float("nan")
+    outputs: dict[str, Any] = {}
+    if validated:
+        val_loss, val_acc, logits, labels = validate_epoch(run.ema.shadow if run.ema else run.run_model,
+                                                           run.val_loader, cfg, run.device, run.info)
+        if run.reused:
+            outputs = {"val_logits": logits, "val_labels": labels, "val_digest": run.val_digest}
+        out_of_time = out_of_time or budget.spent()  # it took longer than estimated: let it be the final one
+    run.out_of_time = out_of_time
+    run.scheduler.epoch_end(val_acc)
+    seconds = run.epoch_seconds()
+    s.epoch, s.step, s.partial = epoch + 1, 0, None
+    s.train_seconds += seconds
+    row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+           "val_acc": val_acc, "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": seen / train_time,
+           "seconds": seconds}
+    s.history.append(row)
+    # Without a validation split the latest epoch is the best one we can know of. An epoch skipped by
+    # --val-every has no score: it writes best.pt only while none has been scored, so best.pt always exists.
+    scored = validated or run.val_loader is None
+    score = val_acc if run.val_loader is not None else float(s.epoch)
+    improved = score > s.best_val_acc if scored else s.best_val_acc < 0
+    if improved and scored:
+        s.best_val_acc = score
+    logs = {**row, "validated": validated, "improved": improved, "out_of_time": out_of_time, "side": run.side,
+            "outputs": outputs}
+    run.emit_epoch_end(epoch, logs, row)
+
+
+def validate_epoch(model: nn.Module, loader: BatchLoader, cfg: RunConfig, device: torch.device,
+                   info: distributed.Dist) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """Validation loss, accuracy, logits and labels over the whole split: each rank runs a share, the logits
+    are gathered."""
+    logits, labels = collect_logits(model, loader, device, cfg.train.amp, cfg.train.tta,
+                                    cfg.train.tta_shift)
+    total = len(loader.labels)
+    logits = distributed.gather_strided(logits.to(device), total, info).cpu()
+    labels = distributed.gather_strided(labels.to(device), total, info).cpu()
+    return *loss_and_accuracy(logits, labels), logits, labels
+
+
+def stop_on_signal(run: Run) -> None:
+    """Every rank saw the signal after the same step, and last.pt holds this position: end the run."""
+    if run.info.enabled:
+        torch.distributed.barrier()  # rank 0's last.pt is whole before any rank exits
+    s, signal = run.state, run.stop_signal or "a stop signal"
+    if run.saved is None:
+        raise TrainingStopped(f"stopped by {signal} before the first step; nothing was trained: run the same "
+                              "command again", show=run.info.is_main)
+    where = f"step {s.step}/{len(run.train_loader)} of epoch {s.epoch + 1}" if s.step else f"epoch {s.epoch}"
+    raise TrainingStopped(f"stopped by {signal} after {where}; {run.out / 'last.pt'} holds that position: "
+                          f"continue with `alexnet train --resume {run.out}`", show=run.info.is_main)
+
+
+def write_replica_report(run: Run) -> None:
+    """Under torchrun: whether every replica ended with the same weights (distributed.json)."""
+    if not run.info.enabled:
+        return
+    prints = distributed.weight_fingerprints(run.model, run.info)
+    if run.info.is_main:
+        write_json(run.out / "distributed.json", {"world_size": run.info.world_size, "weight_fingerprints": prints,
                                                   "replicas_identical": all(p == prints[0] for p in prints)})
-    return out
 
 
 def check_progressive(cfg: RunConfig, loader: Any, image_size: int) -> None:
