@@ -31,6 +31,8 @@ RUN = {
     "alexnet report runs/photos --split test": [],
     "alexnet train --resume runs/photos --epochs 24": ["--epochs", "2", "--quiet"],
     "alexnet info --model alexnet --groups 2 --num-classes 1000": [],
+    "alexnet export runs/photos --out models/photos --check my_photos": [],
+    "alexnet predict models/photos my_photos/test --csv predictions.csv": [],
 }
 
 # README commands not run here, each with the reason.
@@ -39,6 +41,18 @@ NOT_RUN = {
     "make test": "runs the whole test suite, this file included",
     "python3 -m venv .venv && . .venv/bin/activate": "creates a virtual environment; the tests already run in one",
     "pip install -c constraints.txt -e .": "installs packages from the network",
+    "alexnet train --data my_photos --preset finetune --init-from alexnet-owt-7be5be79.pth --out runs/ft": "needs "
+    "torchvision's 233 MB weights file from the network; tests/test_finetune.py trains from a state dict of its "
+    "exact layout",
+    "alexnet evaluate runs/ft/best.pt --split test": "follows the fine-tuning run above",
+    "alexnet predict runs/ft/best.pt my_photos/test/cat/0001.jpg": "follows the fine-tuning run above",
+    "alexnet serve models/photos": "a server that runs until stopped; tests/test_serve.py and tests/test_browser.py "
+    "start it and use it",
+    "curl -F file=@my_photos/test/cat/0001.jpg http://127.0.0.1:8000/predict": "needs the server above; "
+    "tests/test_serve.py posts the same multipart upload",
+    "python benchmarks/serve.py -d 10 --image cat.jpg": "trains two models and loads a server for minutes",
+    "python benchmarks/faults.py": "about ten minutes of signals, kills, full disks and hostile files; "
+    "tests/test_faults_suite.py runs its quick part",
     "alexnet train --data cifar10 --out runs/c10": "downloads CIFAR-10 and trains for minutes",
     "alexnet train --data cifar10 --preset cifar10-fast --out runs/fast": "downloads CIFAR-10",
     "python benchmarks/time_to_accuracy.py --data cifar10-jpeg-train.tar.gz --presets cifar10-fast cifar10 "
@@ -110,7 +124,7 @@ def check_readme_command(command: str, stdout: str, run: Path) -> None:
             assert (run / name).is_file(), name
     elif command.startswith("alexnet evaluate"):  # --split test scores every image of my_photos/test/
         assert f"samples {n_test}" in stdout
-    elif command.startswith("alexnet predict"):  # one line: the image, its three classes, 100% in all
+    elif command.startswith("alexnet predict runs/"):  # one line: the image, its three classes, 100% in all
         line = stdout.strip()
         assert line.startswith("my_photos/test/cat/0001.jpg: ")
         found = re.findall(r"(\w+) (\d+\.\d)%", line)
@@ -123,6 +137,14 @@ def check_readme_command(command: str, stdout: str, run: Path) -> None:
         assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1, 2]
     elif command.startswith("alexnet info"):  # the paper's two-tower network at 1000 classes
         assert "60,965,224" in stdout
+    elif command.startswith("alexnet export"):  # a model folder, checked against onnxruntime
+        model = run.parent.parent / "models" / "photos"
+        assert sorted(p.name for p in model.iterdir()) == ["README.md", "config.json", "model.onnx",
+                                                           "model.safetensors"]
+        assert re.search(r"top-1 agreement (\d+)/\1", stdout), stdout
+    elif command.startswith("alexnet predict models/photos"):  # every test image, one CSV row each
+        rows = (run.parent.parent / "predictions.csv").read_text().splitlines()
+        assert len(rows) == 1 + n_test and rows[0].startswith("image,class_1,probability_1")
     else:
         raise AssertionError(f"no check for {command!r}")
 

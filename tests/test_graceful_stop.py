@@ -176,18 +176,23 @@ def test_a_time_limited_run_stopped_with_time_left_resumes_on_its_own_clock():
         resolve_config(None, {**ckpt, "clock": {**clock, "spent": True}}, "RUN", None, None, None)
 
 
+def assert_starts_mid_epoch(loader, epoch: int, start: int, batches: int) -> None:
+    """An epoch begun at batch `start` yields exactly the batches the whole epoch yields from there on."""
+    loader.set_epoch(epoch)
+    full = list(loader)
+    loader.set_epoch(epoch, start=start)
+    tail = list(loader)
+    assert len(full) == batches and len(tail) == batches - start
+    for (x, y), (xt, yt) in zip(full[start:], tail):
+        assert torch.equal(x, xt) and torch.equal(y, yt)
+
+
 def test_batches_from_a_position_are_the_rest_of_the_epoch_unchanged():
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8, generator=gen)
     norm = Normalizer([0.5] * 3, [0.25] * 3, 12, torch.device("cpu"))
     loader = BatchLoader(images, torch.arange(40), 8, norm, train=True, crop_padding=2, flip=True, cutout=4, seed=3)
-    loader.set_epoch(1)
-    full = list(loader)
-    loader.set_epoch(1, start=3)
-    tail = list(loader)
-    assert len(full) == 5 and len(tail) == 2
-    for (x, y), (xt, yt) in zip(full[3:], tail):
-        assert torch.equal(x, xt) and torch.equal(y, yt)
+    assert_starts_mid_epoch(loader, epoch=1, start=3, batches=5)
     loader.set_epoch(2)  # a new epoch starts at its beginning again
     assert len(list(loader)) == 5
 
@@ -200,13 +205,7 @@ def test_streamed_batches_from_a_position_are_the_rest_of_the_epoch_unchanged(tm
         Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(paths[-1])
     loader = StreamingLoader(paths, list(range(12)), 4, train=True, image_size=16, mean=[0.5] * 3, std=[0.25] * 3,
                              device="cpu", workers=0, seed=5)
-    loader.set_epoch(2)
-    full = list(loader)
-    loader.set_epoch(2, start=1)
-    tail = list(loader)
-    assert len(full) == 3 and len(tail) == 2
-    for (x, y), (xt, yt) in zip(full[1:], tail):
-        assert torch.equal(x, xt) and torch.equal(y, yt)
+    assert_starts_mid_epoch(loader, epoch=2, start=1, batches=3)
 
 
 @pytest.mark.slow

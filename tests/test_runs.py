@@ -46,6 +46,7 @@ def test_runs_are_listed_oldest_first_with_their_best_scores(tmp_path):
 
 def test_evaluate_and_report_record_their_scores_and_runs_shows_the_test_one(trained_run, tiny_folder, tmp_path):
     run = shutil.copytree(trained_run, tmp_path / "runs" / "tiny")
+    (run / EVALUATIONS).unlink(missing_ok=True)  # other tests evaluate the shared run: start with no record
     scored = tmp_path / "metrics.json"
     result = run_cli("evaluate", run, "--data", tiny_folder, "--split", "test", "--json", scored)
     assert result.returncode == 0, result.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,7 +59,7 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
                                time_limit=options.get("time_limit"), started_at=started_at,
                                callbacks=tuple(callbacks))
         else:
-            cfg = apply_overrides(config or preset_config(preset), options_to_overrides(options))
+            cfg = absolute_source(apply_overrides(config or preset_config(preset), options_to_overrides(options)))
             run = run_training(cfg, out, stop_after_epoch=stop_after_epoch, progress=progress,
                                started_at=started_at, callbacks=tuple(callbacks))
     except BaseException:
@@ -72,6 +72,15 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
     if cfg.train.report and (run / "best.pt").exists():
         report(run, split="val" if cfg.data.val_split > 0 else "train", quiet=not progress)
     return run
+
+
+def absolute_source(cfg: RunConfig) -> RunConfig:
+    """A data path is saved absolute, so `evaluate`, `report` and `export --check` recognise the training data
+    (and find it) from any working folder."""
+    path = Path(cfg.data.source).expanduser()
+    if cfg.data.source == "cifar10" or not path.exists():
+        return cfg
+    return replace(cfg, data=replace(cfg.data, source=str(path.resolve())))
 
 
 def load_config_dict(run: Path) -> dict[str, Any]:
