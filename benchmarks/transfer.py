@@ -15,7 +15,7 @@ Every variant takes the same flags (network, epochs, batch, rates), so the budge
 starting weights (and, for the probe, what trains) differ. The classifier layer is replaced in both transfer
 variants: the source run's classes are other ones.
 
-    python benchmarks/transfer.py --archive /work/shared/data/cifar10-jpeg-train.tar.gz --seeds 0 1 2 \\
+    python benchmarks/transfer.py --archive cifar10-jpeg-train.tar.gz --seeds 0 1 2 \\
         --json benchmarks/results/transfer.json
 
 Prints one line per run, then a table (mean and spread over seeds) and writes JSON with every run.
@@ -146,7 +146,7 @@ def format_table(rows: list[dict], pretrain: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--archive", default="/work/shared/data/cifar10-jpeg-train.tar.gz",
+    p.add_argument("--archive", required=True,
                    help="CIFAR-10 as JPEGs: train/<class>/NNNN.jpg")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "alexnet-transfer"),
                    help="scratch folder for the images and runs")
