@@ -103,3 +103,17 @@ def test_folder_prediction_on_an_exported_model_never_imports_torch(exported_mod
     assert result.returncode == 0, result.stderr
     records = json.loads(result.stdout)
     assert len(records) == 9 and all(len(r["predictions"]) == 1 for r in records)
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    # mkstemp makes its temp file private (0600); a CSV or JSON meant to be shared must not stay so.
+    import os
+
+    from alexnet.atomic import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "out.csv", lambda tmp: Path(tmp).write_text("image\n"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o644

@@ -91,6 +91,9 @@ def test_top_k_query(service, pictures):
     answer = raw(service.url, pictures[1], top_k=2).json()
     assert len(answer["predictions"]) == 2
     assert len(raw(service.url, pictures[1], top_k=9).json()["predictions"]) == 3  # only 3 classes
+    for bad in ("0", "-1", "two", "\u00b2"):  # "²" passes str.isdigit() but is no number
+        answer = raw(service.url, pictures[1], top_k=bad)
+        assert answer.status_code == 400 and "top_k" in answer.json()["error"]
 
 
 def test_model_card(service, exported_model):
@@ -234,6 +237,10 @@ def test_torch_backend_serves_a_run_and_its_report(trained_run, pictures, tmp_pa
         report = httpx.get(running.url + card["report_url"])
         assert report.status_code == 200 and report.text == (trained_run / "report" / "report.html").read_text()
         assert httpx.get(running.url + "/report/", follow_redirects=True).text == report.text
+        # The report folder is all it serves: nothing beside it in the run folder, however the path is spelled.
+        for escape in ("/report/../best.pt", "/report/..%2fbest.pt", "/report/%2e%2e/config.json",
+                       "/report/%2e%2e%2fhistory.json"):
+            assert httpx.get(running.url + escape).status_code == 404, escape
         answer = raw(running.url, pictures[2])
     same(answer.json(), cli_predictions(trained_run / "best.pt", pictures[2])[0], pictures[2].name)
 

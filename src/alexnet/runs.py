@@ -34,7 +34,10 @@ class RunSummary:
         config.json was written (at the start of the run, or of its latest --resume)."""
         match = STAMP.match(self.path.name)
         if match:
-            return time.mktime(time.strptime(match.group(1), "%Y%m%d-%H%M%S"))
+            try:
+                return time.mktime(time.strptime(match.group(1), "%Y%m%d-%H%M%S"))
+            except ValueError:  # a name that only looks like a stamp (month 13...)
+                pass
         try:
             return (self.path / "config.json").stat().st_mtime
         except OSError:
@@ -94,7 +97,11 @@ def find_runs(root: str | Path, depth: int = 2) -> list[RunSummary]:
         if is_run(folder):
             found.append(folder)  # a run's own subfolders (report/) are not runs
         elif level < depth:
-            for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:  # a folder we may not read holds no run we can list
+                return
+            for child in children:
                 walk(child, level + 1)
 
     walk(root, 0)
@@ -174,7 +181,7 @@ def record_evaluation(checkpoint: str | Path, metrics: dict[str, Any], *, by: st
             return None
         if not isinstance(records, list):
             return None
-    from .engine.checkpoint import write_json  # imports torch: only the evaluating verbs call this
+    from .atomic import write_json
 
     name = Path(checkpoint).name if Path(checkpoint).is_file() else next(
         (f for f in ("best.pt", "last.pt") if (run / f).is_file()), "best.pt")  # what load_checkpoint picks

@@ -88,7 +88,7 @@ def dumps(obj: Any) -> bytes:
 async def read_body(request: Request, limit: int, what: str) -> bytes:
     """The request body, refused (413) as soon as it is known to pass `limit` bytes."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
         raise ClientError(413, f"{what} is {int(length):,} bytes, over the limit of {limit:,}; send a smaller one")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -175,7 +175,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
         text = request.query_params.get("top_k")
         if text is None:
             return settings.top_k
-        if not text.isdigit() or int(text) < 1:
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
             raise ClientError(400, f"top_k must be a whole number >= 1, got {text!r}")
         return int(text)
 
@@ -249,6 +249,9 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
     return app
 
 
+MAX_CONNECTIONS = 64
+
+
 class Server:
     """uvicorn on a socket bound beforehand (so --port 0 works and a taken port is one clear line)."""
 
@@ -273,8 +276,10 @@ class Server:
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM, then finish the requests in flight and return."""
+        # At most MAX_CONNECTIONS requests in flight (more get 503 at once): each may buffer up to
+        # --max-request-bytes, so this bounds the memory that many parallel uploads can hold.
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, limit_concurrency=MAX_CONNECTIONS)
         _QuietServer(config).run(sockets=[self.socket])
 
 
