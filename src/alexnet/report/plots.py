@@ -16,7 +16,6 @@ import contextlib
 import io
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from ..atomic import atomic_write
 
 # Shared palette (also used by gallery.py and the HTML page).
 CORRECT = "#2a9d8f"
@@ -71,23 +72,10 @@ def format_percent(x: float | None, decimals: int = 2) -> str:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write bytes to ``path`` via a temp file in the same folder + ``os.replace``.
-
-    Readers (a browser refreshing the report, a CI artifact upload) then never
-    see a half-written file.
-    """
+    """Write bytes to ``path`` so that readers (a browser refreshing the report, a CI artifact upload) never
+    see a half-written file (`alexnet.atomic.atomic_write`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return path
 
 
