@@ -82,17 +82,18 @@ def probabilities(loaded: LoadedModel, loader: Any, amp: str | None = None) -> n
     return softmax_numpy(logits)
 
 
-def image_probabilities(loaded: LoadedModel, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def image_probabilities(loaded: LoadedModel, images: np.ndarray, batch_size: int = 256, amp: str = "off"
+                        ) -> np.ndarray:
     """Class probabilities (N, C) of uint8 images (N, S, S, 3) as `prepare_image` makes them, in fp32.
 
     fp32 whatever the run's --amp: under `--amp auto` a CPU with bf16 units (AVX512_BF16, AMX) would evaluate
     in bf16, whose probabilities differ from fp32 ones by ~1e-2. Predictions are fp32 so that `alexnet predict`
     and the exported ONNX graph (fp32) give the same numbers within 1e-4; evaluate and report keep the run's
-    precision, the one its validation scores were measured in.
+    precision, the one its validation scores were measured in. `amp` chooses another (the service's --amp bf16).
     """
     loader = memory_eval(images, np.zeros(len(images), dtype=np.int64), loaded.spec, batch_size, loaded.device,
                          loaded.config.train.channels_last)
-    return probabilities(loaded, loader, amp="off")
+    return probabilities(loaded, loader, amp=amp)
 
 
 def saved_probabilities(loaded: LoadedModel, ev: EvalData) -> np.ndarray | None:
@@ -119,14 +120,9 @@ def predict(checkpoint: str | Path | LoadedModel, images: list[str | Path], top_
             device: str = "auto") -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file (any size or mode)."""
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device)
+    from .runtime import top_predictions
+
     if top_k < 1:
         raise AlexnetError("--top-k must be >= 1")
     arrays = np.stack([prepare_image(p, loaded.spec) for p in images])
-    probs = image_probabilities(loaded, arrays)
-    k = min(top_k, len(loaded.classes))
-    results = []
-    for path, p in zip(images, probs):
-        order = np.argsort(-p)[:k]
-        results.append({"image": str(path),
-                        "predictions": [{"class": loaded.classes[i], "probability": float(p[i])} for i in order]})
-    return results
+    return top_predictions(image_probabilities(loaded, arrays), loaded.classes, [str(p) for p in images], top_k)

@@ -131,18 +131,12 @@ class TorchClassifier(Classifier):
                          {"tta": cfg.train.tta, "tta_shift": cfg.train.tta_shift}, metrics)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        from .data.pipeline import memory_eval
-        from .inference import image_probabilities, probabilities
+        from .inference import image_probabilities
 
         images = self.check_batch(images)
         if not len(images):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        if self.amp == "off":
-            return image_probabilities(self.loaded, images).astype(np.float32, copy=False)
-        loaded = self.loaded
-        loader = memory_eval(images, np.zeros(len(images), dtype=np.int64), loaded.spec, 256, loaded.device,
-                             loaded.config.train.channels_last)
-        return probabilities(loaded, loader, amp=self.amp).astype(np.float32, copy=False)
+        return image_probabilities(self.loaded, images, amp=self.amp).astype(np.float32, copy=False)
 
 
 class OnnxClassifier(Classifier):
