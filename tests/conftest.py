@@ -154,3 +154,77 @@ def serving(model: Path, *flags: str, tmp_path: Path, block_torch: bool = False,
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A run with hand-set weights, for explanations whose right answer is known (tests/test_explain.py, test_serve.py).
+
+def red_square_image(path: Path, width: int, height: int, box: tuple[int, int, int, int]) -> Path:
+    """Grey with a red square: `red_run`'s net reads red as "cat", brightness as "dog", with room to doubt."""
+    pixels = np.full((height, width, 3), 100, np.uint8)
+    left, top, right, bottom = box
+    pixels[top:bottom, left:right, 0] = 170
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+# A run whose weights are set by hand, so that what its maps show is known rather than learned: two channels all
+# the way through, channel 0 the redness (R - G) / 255 and channel 1 the brightness mean(R, G, B) / 255 of the
+# image, each averaged over 3x3 by every convolution; the class layer reads the mean of channel 0's 4x4 map as
+# "cat" and of channel 1's as "dog". A red square makes "cat" likely (72-84% on the photos below), a grey or
+# black-and-white image "dog"; hiding the square drops "cat", hiding anything else changes nothing.
+RED_NET = {"widths": (2, 2, 2, 2, 2), "norm": "none", "pools": (1, 2, 3), "hidden": 0, "dropout": 0.0}
+# Every channel's statistics: the mean is the photos' grey (100), so zero padding, the occlusion patch and the
+# background are one colour, of no redness; hiding the background changes nothing.
+RED_MEAN, RED_STD = 100 / 255, 0.2
+
+
+def red_net():
+    import torch
+
+    from alexnet.models import create_model
+
+    net = create_model("alexnet-cifar", num_classes=3, image_size=32, **RED_NET)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        # conv1 undoes the input's normalisation: (x * std + mean) is the pixel / 255.
+        net.features.conv1.weight[0, 0] = RED_STD / 9
+        net.features.conv1.weight[0, 1] = -RED_STD / 9
+        net.features.conv1.weight[1] = RED_STD / 27
+        net.features.conv1.bias[1] = RED_MEAN
+        for i in range(2, 6):
+            conv = getattr(net.features, f"conv{i}")
+            conv.weight[0, 0] = conv.weight[1, 1] = 1 / 9
+        fc = net.classifier.fc8  # on the flattened (2, 4, 4) map: channel 0 first
+        fc.weight[0, :16], fc.weight[1, 16:] = 40 / 16, 4 / 16
+        fc.bias[1:] = torch.tensor([-1.0, -4.0])
+    return net
+
+
+@pytest.fixture(scope="session")
+def red_run(tiny_folder, tmp_path_factory) -> Path:
+    """A run folder of `red_net`, as training writes one (flip test-time views, channels-last)."""
+    from alexnet.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from alexnet.data.prepare import InputSpec
+    from alexnet.engine.checkpoint import save_checkpoint
+
+    cfg = RunConfig(DataConfig(source=str(tiny_folder / "train")), ModelConfig("alexnet-cifar", **RED_NET),
+                    TrainConfig())
+    spec = InputSpec("memory", 32, store_size=32, mean=(RED_MEAN,) * 3, std=(RED_STD,) * 3)
+    run = tmp_path_factory.mktemp("red") / "run"
+    run.mkdir()
+    save_checkpoint(run / "best.pt", {
+        "model": red_net().state_dict(), "config": cfg.to_dict(), "classes": ["cat", "dog", "ship"],
+        "image_size": 32, "input": spec.to_dict(), "model_name": "alexnet-cifar", "epoch": 1, "history": [],
+        "best_val_acc": -1.0, "train_seconds": 1.0})
+    return run
+
+
+@pytest.fixture(scope="session")
+def red_export(red_run, tmp_path_factory) -> Path:
+    from alexnet.export import export_model
+
+    out = tmp_path_factory.mktemp("red-exported") / "model"
+    export_model(red_run, out)
+    return out

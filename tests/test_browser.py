@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
 from pathlib import Path
@@ -110,3 +112,32 @@ def test_a_file_that_is_not_an_image_shows_the_services_sentence(browser, servic
     card = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result.failed"))[0]
     assert "notes.png cannot be read as an image" in card.text
     assert not card.find_elements(By.CSS_SELECTOR, ".pred")
+
+
+def test_a_cards_control_shows_and_hides_where_the_model_looked(browser, service, photos):
+    from selenium.webdriver.common.by import By
+
+    photo = photos[0]
+    browser.get(service.url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    card = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'.result.done[data-image="{photo.name}"]'))[0]
+    control = card.find_element(By.CSS_SELECTOR, "button.explain")
+    assert control.text == "Show where it looked" and not card.find_elements(By.CSS_SELECTOR, "img.overlay")
+
+    control.click()
+    overlay = wait_for(browser, lambda d: [img for img in card.find_elements(By.CSS_SELECTOR, "img.overlay")
+                                           if d.execute_script("return arguments[0].complete && "
+                                                               "arguments[0].naturalWidth > 0", img)])[0]
+    assert overlay.is_displayed() and control.text == "Hide"
+    answer = httpx.post(service.url + "/explain", params={"name": photo.name}, content=photo.read_bytes(),
+                        headers={"Content-Type": "application/octet-stream"}, timeout=60).json()
+    assert overlay.get_attribute("src") == answer["overlay"]  # the very PNG /explain answers for this image
+    assert browser.execute_script("return arguments[0].naturalWidth", overlay) == Image.open(
+        io.BytesIO(base64.b64decode(answer["overlay"].partition(",")[2]))).size[0]
+
+    control.click()
+    wait_for(browser, lambda d: not overlay.is_displayed())
+    assert control.text == "Show where it looked"
+    control.click()  # shown again, from what it fetched the first time
+    wait_for(browser, lambda d: overlay.is_displayed())
+    assert control.text == "Hide" and len(card.find_elements(By.CSS_SELECTOR, "img.overlay")) == 1

@@ -12,8 +12,10 @@ from PIL import Image
 
 from alexnet.report import write_report
 from alexnet.report.gallery import most_confused, plot_confused_pairs, plot_filters, select_examples
+from alexnet.report.heatmaps import Explainer, explain_shown
 from alexnet.report.html import per_class_rows
 from alexnet.report.plots import plot_confusion, plot_curves
+from conftest import run_cli, write_class_folder
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CAT, DOG = 3, 5
@@ -234,3 +236,171 @@ def test_sparse_validation_is_drawn_as_one_joined_line(tmp_path, monkeypatch):
     sparse = [dict(r, val_acc=float("nan"), val_loss=float("nan")) if r["epoch"] % 2 else r for r in rows]
     plot_curves(sparse, tmp_path / "sparse.png")
     assert drawn and all(xs == [2, 4] for xs in drawn)
+
+
+# -- Explanations: the Grad-CAM maps of the shown images, from a real trained model -------------------------------
+
+
+@pytest.fixture(scope="module")
+def mistaken_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A class folder with the colours swapped round (the dog folder holds cat-coloured images, ship dog-coloured,
+    cat ship-coloured): the tiny model trained on `tiny_folder` takes them for other classes, so the report has
+    mistakes and a most confused pair to explain."""
+    return write_class_folder(tmp_path_factory.mktemp("swapped"), 4, seed=2, classes=["dog", "ship", "cat"])
+
+
+@pytest.fixture(scope="module")
+def explained(trained_run: Path, mistaken_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The report of `trained_run` on `mistaken_folder`, with what its picture functions were handed and every
+    batch of images Grad-CAM was asked to explain."""
+    from alexnet.inference import load_model
+    from alexnet.report import html as report_html
+    from alexnet.report.build import build_report
+    from alexnet.saliency import cam
+
+    handed: dict[str, tuple] = {}
+    explained_batches: list[int] = []
+    maps_of = cam.input_maps
+
+    def counting(loaded, images, *args, **kwargs):
+        explained_batches.append(len(images))
+        return maps_of(loaded, images, *args, **kwargs)
+
+    def recording(name: str):
+        draw = getattr(report_html, name)
+
+        def spy(*args, **kwargs):
+            handed[name] = (args, kwargs)
+            return draw(*args, **kwargs)
+        return spy
+
+    out = tmp_path_factory.mktemp("explained") / "report"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cam, "input_maps", counting)
+        for name in ("plot_examples", "plot_pair_maps"):
+            mp.setattr(report_html, name, recording(name))
+        build_report(trained_run, data=str(mistaken_folder), split="test", out=out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"out": out, "handed": handed, "batches": explained_batches, "metrics": metrics,
+            "layer": cam.find_layer(load_model(trained_run).model)[0]}
+
+
+def test_the_report_explains_its_examples_and_its_most_confused_pair(explained: dict) -> None:
+    out, handed, metrics = explained["out"], explained["handed"], explained["metrics"]
+    assert metrics["accuracy"] < 0.5  # the swapped colours make mistakes, so there is a pair to explain
+    (images, labels, probs, classes, _), kwargs = handed["plot_examples"]
+    predicted, true = kwargs["maps"]
+    assert predicted.shape == true.shape == images.shape[:3] and images.shape[1:] == (32, 32, 3)
+    assert "Grad-CAM" in kwargs["maps_label"] and explained["layer"] in kwargs["maps_label"]
+    wrong = probs.argmax(1) != labels
+    assert wrong.any() and not any(np.allclose(predicted[k], true[k]) for k in np.nonzero(wrong)[0])
+    assert all(np.array_equal(predicted[k], true[k]) for k in np.nonzero(~wrong)[0])
+
+    pair_true, pair_pred, count = most_confused(np.asarray(metrics["confusion_matrix"]), metrics["classes"])[0]
+    args, _ = handed["plot_pair_maps"]
+    assert args[4:7] == (pair_true, pair_pred, count) and 1 <= len(args[0]) <= 6
+    assert (out / "confused_pair_maps.png").is_file() and (out / "examples.png").is_file()
+    html = (out / "report.html").read_text(encoding="utf-8")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for text in (html, md):
+        assert "Most confused pair, explained" in text and f"layer {explained['layer']}" in text
+        assert "4\u00d74 grid" in text and "Grad-CAM" in text
+    assert "![confused_pair_maps](confused_pair_maps.png)" in md and "![examples](examples.png)" in md
+    # Only the images shown are explained, each with its predicted and true class, all in one batch.
+    assert len(explained["batches"]) == 1 and explained["batches"][0] <= 2 * 16 + 2 * 6
+
+
+def test_the_maps_shown_are_alexnet_explains_maps_of_the_images_shown(explained: dict, trained_run: Path,
+                                                                      tmp_path: Path) -> None:
+    import alexnet
+    from alexnet.explanations import load_explainer
+
+    classifier = load_explainer(trained_run)
+    (images, labels, probs, classes, _), kwargs = explained["handed"]["plot_examples"]
+    pair_images, pair_pred_maps, pair_true_maps, _, pair_true, pair_pred = explained["handed"]["plot_pair_maps"][0][:6]
+    cases = [(img, classes[int(p.argmax())], m) for img, p, m in zip(images, probs, kwargs["maps"][0])]
+    cases += [(img, classes[int(t)], m) for img, t, m in zip(images, labels, kwargs["maps"][1])]
+    cases += [(img, pair_pred, m) for img, m in zip(pair_images, pair_pred_maps)]
+    cases += [(img, pair_true, m) for img, m in zip(pair_images, pair_true_maps)]
+    for target in sorted({c for _, c, _ in cases}):
+        mine = [(img, m) for img, c, m in cases if c == target]
+        files = []
+        for img, _ in mine:
+            files.append(tmp_path / f"{len(list(tmp_path.iterdir()))}.png")
+            Image.fromarray(img).save(files[-1])
+        records = alexnet.explain(classifier, files, target=target)
+        for (_, shown), record in zip(mine, records):
+            assert record["layer"] == explained["layer"] and record["method"] == "gradcam"
+            np.testing.assert_allclose(shown, record["heatmap"], atol=1e-4)
+
+
+def test_the_explained_report_is_one_self_contained_file(explained: dict) -> None:
+    import base64
+
+    out = explained["out"]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html and "<script" not in html.lower()
+    assert "<link" not in html.lower() and "@import" not in html and "url(" not in html
+    srcs = re.findall(r"""\bsrc\s*=\s*["']?([^"'\s>]*)""", html, flags=re.I)
+    assert len(srcs) == 6 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
+    assert (out / "confused_pair_maps.png").read_bytes() in embedded
+    assert (out / "examples.png").read_bytes() in embedded
+
+
+def test_no_explain_leaves_the_maps_out(trained_run: Path, mistaken_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = run_cli("report", trained_run, "--data", mistaken_folder, "--split", "test", "--out", out,
+                     "--no-explain")
+    assert result.returncode == 0, result.stderr
+    html = (out / "report.html").read_text(encoding="utf-8")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert not (out / "confused_pair_maps.png").exists()
+    for text in (html, md):
+        assert "Grad-CAM" not in text and "explained" not in text and "confused_pair_maps" not in text
+    assert len(re.findall(r"\bsrc\s*=", html)) == 5 and "Most confused pairs" in html
+
+
+def test_the_api_without_explanations_computes_no_map(trained_run: Path, mistaken_folder: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.api import report as report_run  # `alexnet.report` is this package once it is imported
+    from alexnet.report import html as report_html
+    from alexnet.saliency import cam
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a report without explanations computed a map")
+
+    handed = []
+    draw = report_html.plot_examples
+    monkeypatch.setattr(cam, "input_maps", refuse)
+    monkeypatch.setattr(report_html, "plot_examples", lambda *a, **k: handed.append(k) or draw(*a, **k))
+    report_run(trained_run, data=str(mistaken_folder), split="test", out=tmp_path / "report", explain=False)
+    assert handed and handed[0]["maps"] is None
+    assert not (tmp_path / "report" / "confused_pair_maps.png").exists()
+
+
+def test_each_shown_image_is_explained_once_per_class_and_its_maps_land_in_place() -> None:
+    labels = np.array([0, 1, 2, 0, 1])
+    pred = np.array([0, 2, 2, 1, 1])  # 1 and 3 are mistakes
+    images = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
+    asked: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def maps(batch: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        asked.append((batch, targets))
+        # Each map says which image (its pixels) and which class it is of, in whole numbers a float holds exactly.
+        return batch[..., 0].astype(np.float32) + 1000 * targets[:, None, None]
+
+    explainer = Explainer(maps, "Grad-CAM", "features.conv5")
+    shown = explain_shown(explainer, lambda idx: images[idx], np.array([3, 0, 1]), np.array([1, 4]), pred, labels)
+    assert len(asked) == 1
+    pairs = sorted(zip(asked[0][0][:, 0, 0, 0].tolist(), asked[0][1].tolist()))
+    assert len(pairs) == len(set(pairs)) == 6  # (3: 1, 0), (0: 0), (1: 2, 1), (4: 1)
+
+    def expected(i: int, c: int) -> np.ndarray:
+        return images[i, ..., 0].astype(np.float32) + 1000 * c
+
+    for (got_pred, got_true), idx in ((shown.examples, [3, 0, 1]), (shown.pair, [1, 4])):
+        for k, i in enumerate(idx):
+            np.testing.assert_array_equal(got_pred[k], expected(i, pred[i]))
+            np.testing.assert_array_equal(got_true[k], expected(i, labels[i]))
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import signal
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import alexnet
 from alexnet.runtime import load_classifier
-from conftest import CLASSES, run_cli, serving
+from conftest import CLASSES, red_square_image, run_cli, serving
 
 # Small limits, so that the refusals cost little to provoke.
 LIMITS = ["--max-image-bytes", "200000", "--max-pixels", "1000000", "--max-request-bytes", "300000"]
@@ -265,3 +267,171 @@ def test_a_missing_model_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "alexnet", "serve", str(tmp_path / "nope")], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nope" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# POST /explain: the same uploads and limits as /predict, /predict's top-k and `alexnet explain`'s map.
+
+def explained(url: str, path: Path, **params) -> httpx.Response:
+    kind = "image/jpeg" if path.suffix == ".jpg" else "image/png"
+    return httpx.post(url + "/explain", params={"name": path.name, **params}, content=path.read_bytes(),
+                      headers={"Content-Type": kind}, timeout=120)
+
+
+def overlay_picture(answer: dict) -> Image.Image:
+    head, _, data = answer["overlay"].partition(",")
+    assert head == "data:image/png;base64"
+    picture = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+    assert picture.format == "PNG"
+    return picture
+
+
+def same_explanation(answer: dict, expected: dict, predicted: dict, path: Path, peaked: bool = True) -> None:
+    """`answer` (from /explain) has /predict's top-k and the class, probability and heatmap of `alexnet.explain`."""
+    assert set(answer) == {"image", "predictions", "class", "probability", "method", "heatmap", "overlay"}
+    assert answer["image"] == path.name and answer["predictions"] == predicted["predictions"]
+    assert answer["class"] == expected["class"] and answer["method"] == expected["method"]
+    assert answer["probability"] == pytest.approx(expected["probability"], abs=1e-6)
+    heatmap = np.array(answer["heatmap"])
+    width, height = Image.open(path).size
+    assert heatmap.shape == expected["heatmap"].shape == (height, width)
+    assert np.abs(heatmap - expected["heatmap"]).max() <= 1e-6 and heatmap.max() == (1 if peaked else heatmap.max())
+    assert overlay_picture(answer).size[0] >= width
+
+
+@pytest.fixture(scope="module")
+def onnx_classifier(red_export):
+    return load_classifier(red_export, "onnx")
+
+
+@pytest.fixture(scope="module")
+def red_service(red_export, tmp_path_factory):
+    """The hand-set `red_run` exported and served: hiding its red square is what moves its answer."""
+    with serving(red_export, "--max-batch", "16", "--max-wait-ms", "50", *LIMITS,
+                 tmp_path=tmp_path_factory.mktemp("serve-red")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def red_pictures(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("red-pictures")
+    png = red_square_image(root / "wide.png", 64, 48, (40, 4, 52, 16))
+    Image.open(red_square_image(root / "tall.png", 36, 54, (4, 30, 16, 42))).save(root / "tall.jpg", quality=95)
+    return [png, root / "tall.jpg"]
+
+
+def test_explain_answers_predicts_top_k_and_the_heatmap_of_alexnet_explain(red_service, onnx_classifier,
+                                                                           red_pictures):
+    service, chosen = red_service, red_pictures  # a PNG and a JPEG
+    expected = alexnet.explain(onnx_classifier, chosen, method="occlusion", top_k=5)
+    for path, want in zip(chosen, expected):
+        answer = explained(service.url, path)  # occlusion: the onnx backend's default
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/json", answer.text
+        assert answer.json()["class"] == "cat"  # the red square's class, which hiding the square takes away
+        same_explanation(answer.json(), want, raw(service.url, path).json(), path)
+    # Several files: a list in their order, each what it gets alone; another class on request.
+    files = [("file", (p.name, p.read_bytes(), "application/octet-stream")) for p in chosen]
+    many = httpx.post(service.url + "/explain", params={"target": "ship", "top_k": 2}, files=files, timeout=120)
+    assert many.status_code == 200, many.text
+    ships = alexnet.explain(onnx_classifier, chosen, method="occlusion", target="ship")
+    for got, want, path in zip(many.json(), ships, chosen):
+        # Hiding the square raises "ship" (it takes "cat"'s share): no drop to map, the numbers must still agree.
+        same_explanation(got, want, raw(service.url, path, top_k=2).json(), path, peaked=False)
+        all_classes = raw(service.url, path, top_k=3).json()["predictions"]
+        assert got["class"] == "ship" and got["probability"] == next(p["probability"] for p in all_classes
+                                                                     if p["class"] == "ship")
+
+
+def test_explain_can_leave_out_the_numbers_or_the_picture(service, pictures):
+    full = explained(service.url, pictures[2]).json()
+    picture_only = explained(service.url, pictures[2], heatmap="false").json()
+    numbers_only = explained(service.url, pictures[2], overlay="0").json()
+    assert "heatmap" not in picture_only and picture_only["overlay"] == full["overlay"]
+    assert "overlay" not in numbers_only and numbers_only["heatmap"] == full["heatmap"]
+
+
+EXPLAIN_BAD_REQUESTS = {
+    **BAD_REQUESTS,
+    "unknown method": (dict(content=jpeg_bytes(8, 8), headers=IMAGE, params={"method": "lime"}), 400,
+                       "method must be one of gradcam, gradcam++, occlusion, got 'lime'"),
+    "gradcam without gradients": (dict(content=jpeg_bytes(8, 8), headers=IMAGE, params={"method": "gradcam"}), 400,
+                                  "use method=occlusion"),
+    "gradcam++ without gradients": (dict(content=jpeg_bytes(8, 8), headers=IMAGE, params={"method": "gradcam++"}),
+                                    400, "ONNX"),
+    "unknown target": (dict(content=jpeg_bytes(8, 8), headers=IMAGE, params={"target": "horse"}), 400,
+                       "target 'horse' is not a class of this model; its classes: cat, dog, ship"),
+    "bad heatmap switch": (dict(content=jpeg_bytes(8, 8), headers=IMAGE, params={"heatmap": "maybe"}), 400,
+                           "heatmap must be true or false"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPLAIN_BAD_REQUESTS))
+def test_bad_explain_requests_are_4xx_json_sentences_and_the_next_is_served(service, pictures, case):
+    kwargs, status, words = EXPLAIN_BAD_REQUESTS[case]
+    answer = httpx.post(service.url + "/explain", timeout=60, **kwargs)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    body = answer.json()
+    assert list(body) == ["error"] and words in body["error"] and "\n" not in body["error"]
+    good = explained(service.url, pictures[0], heatmap="false")
+    assert good.status_code == 200 and good.json()["method"] == "occlusion"
+
+
+def concurrent_explanations(url: str, paths: list[Path], **params) -> list[httpx.Response]:
+    answers: list[httpx.Response | None] = [None] * len(paths)
+    start = threading.Barrier(len(paths))
+
+    def send(i: int) -> None:
+        start.wait()
+        answers[i] = explained(url, paths[i], **params)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return answers
+
+
+def test_concurrent_occlusions_go_through_the_batcher_and_share_its_passes(service, pictures):
+    chosen = pictures[8:11]
+    alone = [explained(service.url, p, overlay="false").json() for p in chosen]
+    before = health(service)["batching"]
+    together = concurrent_explanations(service.url, chosen, overlay="false")
+    after = health(service)["batching"]
+    for answer, single in zip(together, alone):
+        assert answer.status_code == 200 and answer.json() == single
+    # Per image one pass for the prediction and 49 occluded copies (a 7 x 7 grid of 8 px patches, 4 px apart on
+    # the 32 px input) in passes of at most --max-batch 16: 1 + 4 passes alone, fewer when the requests share.
+    assert after["images"] - before["images"] == 3 * (1 + 49) and after["largest_batch"] <= 16
+    assert after["forward_passes"] - before["forward_passes"] < 3 * (1 + 4)
+    assert after["requests"] - before["requests"] == 3 and after["gradient_passes"] == 0
+
+
+def test_explain_on_an_export_runs_without_torch(exported_model, pictures, tmp_path):
+    with serving(exported_model, tmp_path=tmp_path, block_torch=True) as running:
+        answer = explained(running.url, pictures[5])
+        refused = explained(running.url, pictures[5], method="gradcam")
+    assert running.proc.returncode == 0, running.stderr  # 3 if torch had been imported
+    assert answer.status_code == 200 and answer.json()["method"] == "occlusion", answer.text
+    assert refused.status_code == 400 and "method=occlusion" in refused.json()["error"]
+
+
+def test_torch_backend_explains_with_gradcam_in_shared_gradient_passes(red_run, red_pictures, pictures, tmp_path):
+    chosen = [red_pictures[0], *pictures[13:16]]
+    expected = {"gradcam": alexnet.explain(red_run, chosen[:1], device="cpu")[0],
+                "gradcam++": alexnet.explain(red_run, chosen[:1], method="gradcam++", target="dog",
+                                             device="cpu")[0]}
+    with serving(red_run, "--max-wait-ms", "200", tmp_path=tmp_path) as running:
+        predicted = raw(running.url, chosen[0]).json()
+        default = explained(running.url, chosen[0])  # gradcam: the torch backend's default
+        plus = explained(running.url, chosen[0], method="gradcam++", target="dog")
+        before = health(running)["batching"]
+        together = concurrent_explanations(running.url, chosen, heatmap="false")
+        after = health(running)["batching"]
+    for answer, method in ((default, "gradcam"), (plus, "gradcam++")):
+        assert answer.status_code == 200, answer.text
+        same_explanation(answer.json(), expected[method], predicted, chosen[0])
+    assert all(a.status_code == 200 and a.json()["method"] == "gradcam" for a in together)
+    # Four concurrent requests: their gradient passes are batched together, not one per request.
+    assert after["gradient_passes"] - before["gradient_passes"] < len(chosen)

@@ -6,7 +6,7 @@
 """
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "predict", "report", "load_model"]
+__all__ = ["train", "evaluate", "predict", "explain", "report", "load_model"]
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""The Python API: the same verbs as the CLI (train, evaluate, predict, report, load_model)."""
+"""The Python API: the same verbs as the CLI (train, evaluate, predict, explain, report, load_model)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overr
 from .errors import AlexnetError
 from .inference import evaluate, load_model, predict
 
-__all__ = ["train", "evaluate", "predict", "report", "load_model"]
+__all__ = ["train", "evaluate", "predict", "explain", "report", "load_model"]
 
 # Short keyword names for the API: train(data="...", model="alexnet", epochs=3).
 ALIASES = {"data": ("data", "source"), "model": ("model", "name")}
@@ -90,8 +90,33 @@ def load_config_dict(run: Path) -> dict[str, Any]:
 
 
 def report(run: str | Path, data: str | None = None, split: str = "val", out: str | Path | None = None,
-           device: str = "auto", quiet: bool = True) -> Path:
-    """Write the self-contained HTML report (and its PNGs, metrics.json, report.md) of a run."""
+           device: str = "auto", quiet: bool = True, explain: bool = True) -> Path:
+    """Write the self-contained HTML report (and its PNGs, metrics.json, report.md) of a run. `explain=False`
+    leaves out the Grad-CAM maps (the examples' map panels and the most confused pair's section)."""
     from .report.build import build_report
 
-    return build_report(Path(run), data=data, split=split, out=Path(out) if out else None, device=device)
+    return build_report(Path(run), data=data, split=split, out=Path(out) if out else None, device=device,
+                        explain=explain)
+
+
+def explain(model: Any, images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], method: str = "gradcam",
+            target: str | None = None, top_k: int = 5, layer: str | None = None, patch: int | None = None,
+            stride: int | None = None, backend: str = "auto", device: str = "auto",
+            batch_size: int = 16) -> list[dict[str, Any]]:
+    """What each prediction rests on: for every image (files, folders, globs), predict's top-k and a heatmap of
+    the top class (or `target`) over the image file, e.g. `explain("runs/demo", "cat.jpg")[0]["heatmap"]`.
+
+    `method`: "gradcam" | "gradcam++" (on `layer`, a module name; default the last convolution) | "occlusion"
+    (a grey `patch` moved by `stride`, in input pixels; default a quarter and an eighth of the input side; it
+    also runs on an exported folder through onnxruntime). `model`: a run folder, RUN/best.pt, an exported model
+    folder, or a classifier from `alexnet.runtime.load_classifier`. Each record: "image", "predictions",
+    "class", "probability", "method", "layer", "heatmap" (float32 (H, W) in [0, 1], the file's own size) and
+    "peak" ({"x", "y"} of its maximum; None for an all-zero map).
+    """
+    from .explanations import explain_stream, load_explainer
+    from .runtime import Classifier
+
+    classifier = model if isinstance(model, Classifier) else load_explainer(model, method, backend, device)
+    items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    return list(explain_stream(classifier, [str(i) for i in items], method, target, top_k, layer, patch, stride,
+                               batch_size))

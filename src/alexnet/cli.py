@@ -70,6 +70,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: onnxruntime for an exported folder with model.onnx (no torch import), else torch")
     pr.add_argument("--device", default="auto")
 
+    xp = sub.add_parser("explain", help="what a prediction rests on: a heatmap over each image (Grad-CAM, occlusion)",
+                        description="Predict each image as `alexnet predict` does and map where the evidence for its "
+                                    "top class (or --target) lies, over the image file at its own size.")
+    xp.add_argument("checkpoint", metavar="MODEL", help="a run folder, RUN/best.pt or an exported model folder")
+    xp.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or quoted globs, as predict takes")
+    xp.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], default="gradcam",
+                    help="gradcam / gradcam++: gradients at --layer (torch); occlusion: the probability's drop under a "
+                         "grey patch (also onnxruntime, on an exported folder)")
+    xp.add_argument("--target", metavar="CLASS", help="explain this class of the model instead of the top one")
+    xp.add_argument("--top-k", type=positive_int, default=5)
+    xp.add_argument("--layer", metavar="NAME", help="Grad-CAM's layer, a module name such as features.conv5 or "
+                                                    "features.10 (default: the last convolution)")
+    xp.add_argument("--patch", type=positive_int, help="occlusion: the patch's side in input pixels (default: a "
+                                                       "quarter of the input side, 8 for 32 px)")
+    xp.add_argument("--stride", type=positive_int, help="occlusion: the patch's step (default: an eighth of the side)")
+    xp.add_argument("--out", metavar="DIR", help="write an overlay PNG per image (map, colour bar, class) into DIR")
+    xp.add_argument("--json", metavar="FILE", help="write [{image, class, probability, method, heatmap}] to FILE, "
+                                                   "heatmap as rows of floats in [0, 1] at the image's own size")
+    xp.add_argument("--batch-size", type=positive_int, default=16, help="images explained together")
+    xp.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                    help="auto: torch for Grad-CAM; onnxruntime for occlusion on an exported folder (no torch import)")
+    xp.add_argument("--device", default="auto")
+
     sv = sub.add_parser("serve", help="serve a model over HTTP, with a page to try it",
                         description="Serve a model over HTTP: POST /predict, GET /model, GET /health, and a page at "
                                     "/ to drop images on (docs/serving.md).")
@@ -99,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split", default="val", choices=["test", "val", "train"])
     r.add_argument("--out", help="output folder (default RUN/report)")
     r.add_argument("--device", default="auto")
+    r.add_argument("--no-explain", dest="explain", action="store_false",
+                   help="leave out the Grad-CAM maps (the examples' map panels, the most confused pair's section)")
 
     x = sub.add_parser("export", help="write a model folder: ONNX graph, safetensors weights, config, model card",
                        description="Export a trained model as a self-describing folder: model.onnx (uint8 images in, "
@@ -255,6 +280,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
             print(f"{r['image']}: {top}")
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    from .explanations import explain_stream, load_explainer, write_explanations
+
+    classifier = load_explainer(args.checkpoint, args.method, args.backend, args.device)
+    results = explain_stream(classifier, args.images, args.method, args.target, args.top_k, args.layer, args.patch,
+                             args.stride, args.batch_size)
+    write_explanations(results, out=args.out, json_path=args.json, echo=lambda line: print(line, flush=True))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from .errors import AlexnetError
     from .runtime import load_classifier
@@ -282,7 +316,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .api import report
 
-    out = report(args.run, data=args.data, split=args.split, out=args.out, device=args.device)
+    out = report(args.run, data=args.data, split=args.split, out=args.out, device=args.device,
+                 explain=args.explain)
     record_score(args.run, json.loads((out / "metrics.json").read_text()), "report", args.split, args.data)
     print(f"report: {out / 'report.html'}")
 
@@ -350,8 +385,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"{'replaced the previous export in' if result.replaced else 'exported to'} {result.out}: {files}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report,
-            "info": cmd_info, "serve": cmd_serve, "export": cmd_export, "lr-find": cmd_lr_find, "runs": cmd_runs}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "explain": cmd_explain,
+            "report": cmd_report, "info": cmd_info, "serve": cmd_serve, "export": cmd_export, "lr-find": cmd_lr_find,
+            "runs": cmd_runs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
-from ..inference import eval_data, load_model, probabilities, saved_probabilities
+from ..engine.evaluation import stacked_views
+from ..inference import LoadedModel, eval_data, load_model, probabilities, saved_probabilities
 from ..metrics import classification_metrics
+from .heatmaps import Explainer
 from .html import write_report
 
 
@@ -22,13 +25,36 @@ def first_conv_weight(model: nn.Module) -> np.ndarray | None:
     return None
 
 
+def gradcam_explainer(loaded: LoadedModel) -> Explainer | None:
+    """Grad-CAM on the model's last convolution through the code `alexnet explain` runs (`saliency.cam.input_maps`:
+    the run's normalisation and test-time views), with the layer's grid side for the caption; None for a model
+    without convolutions, whose report then goes without maps rather than failing."""
+    from ..saliency.cam import conv_layers, find_layer, input_maps
+
+    if not conv_layers(loaded.model):
+        return None
+    layer, module = find_layer(loaded.model)
+    side, train = loaded.spec.image_size, loaded.config.train
+    grids: list[int] = []
+    handle = module.register_forward_hook(lambda m, i, output: grids.append(int(output.shape[-1])))
+    try:
+        with torch.no_grad():
+            loaded.model(torch.zeros(1, 3, side, side, device=loaded.device))
+    finally:
+        handle.remove()
+    views = len(stacked_views(torch.zeros(1, 3, side, side), train.tta, train.tta_shift)[1])
+    return Explainer(lambda images, targets: input_maps(loaded, images, targets, layer, "gradcam"),
+                     "Grad-CAM", layer, grids[0] if grids else None, side, views)
+
+
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def build_report(run: Path, data: str | None = None, split: str = "val", out: Path | None = None,
-                 device: str = "auto") -> Path:
-    """Evaluate the run's best checkpoint on `split` of `data` and write RUN/report/ (or `out`)."""
+                 device: str = "auto", explain: bool = True) -> Path:
+    """Evaluate the run's best checkpoint on `split` of `data` and write RUN/report/ (or `out`); `explain`: with the
+    Grad-CAM maps of the examples and of the most confused pair."""
     run_dir = run.parent if run.is_file() else run
     loaded = load_model(run, device)
     ev = eval_data(loaded, data, split)
@@ -52,5 +78,6 @@ def build_report(run: Path, data: str | None = None, split: str = "val", out: Pa
     out_dir = out or run_dir / "report"
     write_report(out_dir, metrics=metrics, history=history, probs=probs,
                  labels=ev.labels, classes=loaded.classes, fetch_images=ev.fetch_images,
-                 filters=first_conv_weight(loaded.model), run_info=run_info, split=split)
+                 filters=first_conv_weight(loaded.model), run_info=run_info, split=split,
+                 explainer=gradcam_explainer(loaded) if explain else None)
     return out_dir

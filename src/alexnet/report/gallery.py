@@ -2,7 +2,8 @@
 
 Images arrive as uint8 arrays (N, H, W, 3); small ones (CIFAR's 32x32) are
 upscaled by an integer factor with nearest-neighbour so pixels stay sharp
-squares instead of a blurry smear.
+squares instead of a blurry smear. Saliency maps (H, W) in [0, 1] are drawn
+blended on their image with the colours of `alexnet explain --out`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from alexnet.report.plots import CORRECT, DPI, INK, MUTED, WRONG, format_percent, new_figure, save_figure, styled
+from alexnet.saliency.overlay import COLORMAP, blend
 
 _OTHER = "#b8c0cc"  # bars for classes that are neither the truth nor a wrong prediction
 
@@ -104,6 +108,27 @@ def _show_image(ax: Axes, img: np.ndarray, target_px: int, frame: str | None) ->
             sp.set_linewidth(2.5)
 
 
+def show_map(ax: Axes, img: np.ndarray, saliency: np.ndarray, target_px: int, frame: str | None) -> None:
+    """An image with its (H, W) saliency map blended on, enlarged like the image beside it."""
+    img = np.asarray(img)
+    if img.shape[:2] != saliency.shape:
+        raise ValueError(f"the map is {saliency.shape}, the image {img.shape[:2]}")
+    rgb = img if img.ndim == 3 and img.shape[-1] == 3 else np.repeat(img.reshape(*img.shape[:2], 1), 3, axis=2)
+    _show_image(ax, blend(rgb, saliency), target_px, frame)
+
+
+def draw_map_key(fig: Figure, left: float, top: float, text: str) -> None:
+    """The maps' colour scale with what they are (method, layer), at ``left``/``top`` inches from the top-left."""
+    width = 1.1
+    bar = fig.add_axes(_fig_frac(fig, left, top, width, 0.1))
+    colorbar = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=COLORMAP), cax=bar, orientation="horizontal")
+    colorbar.set_ticks([0, 1], labels=["none", "most"])
+    colorbar.outline.set_visible(False)
+    bar.tick_params(labelsize=7, length=2, pad=1)
+    fw, fh = fig.get_size_inches()
+    fig.text((left + width + 0.12) / fw, 1 - (top + 0.05) / fh, text, fontsize=8.5, color=MUTED, va="center")
+
+
 def _blank(path: str | os.PathLike[str], message: str) -> Path:
     with styled():
         fig = new_figure(6, 1.4)
@@ -124,11 +149,17 @@ def plot_examples(
     classes: Sequence[str],
     path: str | os.PathLike[str],
     title: str | None = None,
+    *,
+    maps: tuple[np.ndarray, np.ndarray] | None = None,
+    maps_label: str = "",
 ) -> Path:
     """Grid of images, each with "true: x / pred: y (p%)" and a top-3 probability bar chart.
 
     Correct predictions are framed in teal, mistakes in red-orange; in the bars
-    the true class is teal and a wrong prediction red-orange.
+    the true class is teal and a wrong prediction red-orange. ``maps``: the
+    saliency maps (N, H, W) of each image's predicted class and of its true
+    class, drawn beside it (one map when the two classes are the same), with
+    ``maps_label`` (method and layer) over the colour scale.
     """
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64)
@@ -136,11 +167,19 @@ def plot_examples(
     n = len(images)
     if n == 0:
         return _blank(path, "No examples to show")
+    if maps is not None and not all(len(m) == n for m in maps):
+        raise ValueError(f"{n} examples but {[len(m) for m in maps]} maps")
     ncols = min(n, 4 if n <= 16 else 6)
-    nrows = math.ceil(n / ncols)
     tile_w, img_in, title_h, bar_h, gap_w, gap_h, head = 2.45, 1.75, 0.42, 0.55, 0.22, 0.28, 0.62
-    tile_h = title_h + img_in + 0.08 + bar_h
+    label_h = 0.0
+    if maps is not None:  # three panels a tile (image, predicted's map, true's map): fewer, wider tiles
+        ncols, img_in, label_h, head = min(n, 3), 1.2, 0.22, 0.95
+        tile_w = 3 * img_in + 2 * _PANEL_GAP
+    nrows = math.ceil(n / ncols)
+    tile_h = title_h + img_in + label_h + 0.08 + bar_h
     fig_w = ncols * tile_w + (ncols + 1) * gap_w
+    if maps is not None:
+        fig_w = max(fig_w, 8.0)  # room for the title, the legend and the maps' key over one or two tiles
     fig_h = head + nrows * (tile_h + gap_h)
     topk = min(3, probs.shape[1])
 
@@ -152,6 +191,8 @@ def plot_examples(
                             Patch(color=WRONG, label="wrong prediction")],
                    loc="upper right", bbox_to_anchor=(1 - gap_w / fig_w, 1 - 0.1 / fig_h), ncol=2,
                    fontsize=8.5, handlelength=1.2)
+        if maps is not None:
+            draw_map_key(fig, gap_w, 0.62, f"heatmaps: {maps_label}, of the predicted and of the true class")
         for k in range(n):
             r, c = divmod(k, ncols)
             left = gap_w + c * (tile_w + gap_w)
@@ -160,14 +201,18 @@ def plot_examples(
             true, pred = int(labels[k]), int(p.argmax())
             ok = true == pred
             colour = CORRECT if ok else WRONG
-            ax = fig.add_axes(_fig_frac(fig, left + (tile_w - img_in) / 2, top + title_h, img_in, img_in))
-            _show_image(ax, images[k], int(img_in * DPI), colour)
+            if maps is not None:
+                ax = _map_panels(fig, left, top + title_h, img_in, images[k], maps[0][k], maps[1][k],
+                                 str(classes[pred]), str(classes[true]), colour)
+            else:
+                ax = fig.add_axes(_fig_frac(fig, left + (tile_w - img_in) / 2, top + title_h, img_in, img_in))
+                _show_image(ax, images[k], int(img_in * DPI), colour)
             text = f"true: {classes[true]} / pred: {classes[pred]} ({format_percent(p[pred], 1)})"
             if len(text) > 34:  # two lines rather than running into the neighbour
                 text = text.replace(" / ", "\n")
             ax.set_title(text, fontsize=8.5, color=colour, loc="center", fontweight="bold", pad=4)
 
-            bx = fig.add_axes(_fig_frac(fig, left, top + title_h + img_in + 0.08, tile_w, bar_h))
+            bx = fig.add_axes(_fig_frac(fig, left, top + title_h + img_in + label_h + 0.08, tile_w, bar_h))
             order = np.argsort(-p, kind="stable")[:topk]
             for y, j in enumerate(order):
                 fill = CORRECT if j == true else (WRONG if j == pred else _OTHER)
@@ -180,6 +225,30 @@ def plot_examples(
             bx.set_ylim(topk - 0.5, -0.5)
             bx.set_axis_off()
         return save_figure(fig, path)
+
+
+_PANEL_GAP = 0.08  # inches between the panels of one example
+
+
+def _map_panels(fig: Figure, left: float, top: float, side: float, image: np.ndarray, pred_map: np.ndarray,
+                true_map: np.ndarray, pred: str, true: str, colour: str) -> Axes:
+    """One example as three panels: the image, the predicted class's map, the true class's map (for a correct
+    prediction the one map, and a note in the third place). Returns the middle axes, which carries the title."""
+    axes = [fig.add_axes(_fig_frac(fig, left + i * (side + _PANEL_GAP), top, side, side)) for i in range(3)]
+    px = int(side * DPI)
+    _show_image(axes[0], image, px, colour)
+    show_map(axes[1], image, pred_map, px, colour)
+    names = ["image", f"map: {pred[:14]} (pred)", f"map: {true[:14]} (true)"]
+    if pred == true:
+        names[1:] = [f"map: {true[:14]} (pred = true)", ""]
+        axes[2].set_axis_off()
+        axes[2].text(0.5, 0.5, "prediction is\nthe true class", ha="center", va="center", fontsize=7.5, color=MUTED,
+                     transform=axes[2].transAxes)
+    else:
+        show_map(axes[2], image, true_map, px, CORRECT)
+    for ax, name in zip(axes, names):
+        ax.text(0.5, -0.04, name, ha="center", va="top", fontsize=7.5, color=INK, transform=ax.transAxes)
+    return axes[1]
 
 
 def plot_confused_pairs(

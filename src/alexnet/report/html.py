@@ -24,6 +24,7 @@ import numpy as np
 
 from alexnet.jsonio import json_text
 from alexnet.report.gallery import most_confused, plot_confused_pairs, plot_examples, plot_filters, select_examples
+from alexnet.report.heatmaps import Explainer, examples_note, explain_shown, pair_caption, plot_pair_maps
 from alexnet.report.plots import (
     format_duration,
     format_percent,
@@ -51,6 +52,8 @@ h1{font-size:30px;line-height:1.2;margin:6px 0 6px;letter-spacing:-.01em;overflo
 .stat .value{font-size:36px;font-weight:700;line-height:1.15;margin:6px 0 2px;font-variant-numeric:tabular-nums}
 .stat.primary .value{color:var(--ok)}
 .stat .hint{font-size:12.5px;color:var(--muted)}
+.stat.alarm .value{color:#b42318}
+.warning{background:#fef3f2;border:1px solid #fda29b;color:#7a271a;border-radius:10px;padding:12px 16px;margin:0 0 16px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:14px;padding:22px 26px;margin:0 0 20px;
  box-shadow:0 1px 2px rgba(16,24,40,.04)}
 .card h2{font-size:19px;margin:0 0 14px}
@@ -143,6 +146,7 @@ def write_report(
     run_info: dict[str, Any],
     split: str,
     seed: int = 0,
+    explainer: Explainer | None = None,
 ) -> dict[str, Path]:
     """Write the pictures, metrics.json, per_class.csv, report.html and report.md.
 
@@ -152,7 +156,10 @@ def write_report(
     (len, H, W, 3) in the same order. ``run_info`` may hold name, config,
     dataset, hardware, versions and train_seconds. Returns the written paths by
     name (curves, confusion, examples, confused_pairs, filters, metrics,
-    per_class_csv, html, markdown); curves/filters only when given.
+    per_class_csv, html, markdown); curves/filters only when given. With an
+    ``explainer`` the examples get the maps of their predicted and true classes
+    and the most confused pair a picture of its own (confused_pair_maps); only
+    the images shown are explained.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,10 +202,22 @@ def write_report(
     def take(idx: np.ndarray) -> np.ndarray:
         return images[[slot[int(i)] for i in idx]] if len(idx) else images[:0]
 
+    top_pair = pair_idx[pairs[0][:2]] if pairs else np.zeros(0, dtype=np.int64)
+    maps = explain_shown(explainer, take, shown, top_pair, pred, labels) if explainer and len(shown) else None
     paths["examples"] = plot_examples(
         take(shown), labels[shown], probs[shown], classes, out / "examples.png",
         title=f"Example predictions \u00b7 {split} split",
+        maps=maps.examples if maps else None, maps_label=explainer.label if explainer else "",
     )
+    captions = dict(_CAPTIONS)
+    if explainer and maps:
+        captions["examples"] = (captions["examples"][0], f"{captions['examples'][1]} {examples_note(explainer)}")
+        if len(top_pair):
+            true, wrong, count = pairs[0]
+            paths["confused_pair_maps"] = plot_pair_maps(take(top_pair), *maps.pair, probs[top_pair, index[wrong]],
+                                                         true, wrong, count, explainer.label,
+                                                         out / "confused_pair_maps.png")
+            captions["confused_pair_maps"] = pair_caption(explainer, true, wrong, count, len(top_pair))
     reverse = {(t, p): int(cm[index[p], index[t]]) for t, p, _ in pairs}
     paths["confused_pairs"] = plot_confused_pairs(
         pairs, {k: take(v) for k, v in pair_idx.items()}, out / "confused_pairs.png",
@@ -214,8 +233,9 @@ def write_report(
     writer.writerows(rows)
     paths["per_class_csv"] = write_atomic(out / "per_class.csv", buf.getvalue().encode())
 
-    page = _Page(metrics, history, classes, cm, pairs, reverse, rows, run_info, split, out.name)
-    pictures = {k: paths[k] for k in ("curves", "confusion", "examples", "confused_pairs", "filters") if k in paths}
+    page = _Page(metrics, history, classes, cm, pairs, reverse, rows, run_info, split, out.name, captions)
+    pictures = {k: paths[k] for k in ("curves", "confusion", "examples", "confused_pairs", "confused_pair_maps",
+                                      "filters") if k in paths}
     paths["html"] = write_atomic(out / "report.html", page.html(pictures).encode("utf-8"))
     paths["markdown"] = write_atomic(out / "report.md", page.markdown(pictures).encode("utf-8"))
     return paths
@@ -242,8 +262,10 @@ class _Page:
     def __init__(self, metrics: Mapping[str, Any], history: Sequence[Mapping[str, Any]] | None,
                  classes: list[str], cm: np.ndarray, pairs: list[tuple[str, str, int]],
                  reverse: Mapping[tuple[str, str], int], rows: list[dict[str, Any]],
-                 run_info: Mapping[str, Any], split: str, fallback_name: str) -> None:
+                 run_info: Mapping[str, Any], split: str, fallback_name: str,
+                 captions: Mapping[str, tuple[str, str]] = _CAPTIONS) -> None:
         self.classes, self.cm, self.pairs, self.reverse, self.rows = classes, cm, pairs, reverse, rows
+        self.captions = captions
         self.split = str(split)
         self.name = str(run_info.get("name") or fallback_name or "run")
         self.dataset = str(run_info.get("dataset") or "\u2014")
@@ -258,6 +280,16 @@ class _Page:
         self.train_time = format_duration(run_info.get("train_seconds"))
         self.epochs = len(history) if history else int(run_info.get("epochs_trained") or 0)
         self.generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        chance = metrics.get("chance")
+        self.chance = format_percent(chance["accuracy"]) if chance else "\u2014"
+        self.chance_hint = (f"always answering {chance['class']}; "
+                            f"{'above it' if chance['better'] else 'NOT above it'} (p = {chance['p_value']:.2g})"
+                            if chance else "")
+        self.chance_warning = ""
+        if chance and not chance["better"]:
+            from ..metrics import chance_sentence
+
+            self.chance_warning = chance_sentence(float(metrics["accuracy"]), int(metrics["num_samples"]), chance)
 
     # -- HTML ---------------------------------------------------------------
     def html(self, pictures: Mapping[str, Path]) -> str:
@@ -266,6 +298,8 @@ class _Page:
         stats = "".join([
             stat.format(cls=" primary", label="Top-1 accuracy", value=self.accuracy,
                         hint=f"{self.correct} of {self.samples} correct"),
+            stat.format(cls="" if not self.chance_warning else " alarm", label="Chance (largest class)",
+                        value=self.chance, hint=_esc(self.chance_hint)),
             stat.format(cls="", label="Top-5 accuracy", value=self.top5, hint=_esc(self.top5_hint)),
             stat.format(cls="", label="Samples", value=self.samples, hint=f"{_esc(self.split)} split"),
             stat.format(cls="", label="Training time", value=self.train_time,
@@ -283,7 +317,7 @@ class _Page:
         )
         figures = []
         for key, path in pictures.items():
-            title, caption = _CAPTIONS[key]
+            title, caption = self.captions[key]
             data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
             # Many classes: show the matrix at full size (scrollable) so labels stay legible.
             wide = ' class="wide"' if key == "confusion" and len(self.classes) > 30 else ""
@@ -328,7 +362,8 @@ class _Page:
             f"<h1>{_esc(self.name)}</h1>"
             f'<p class="sub">{_esc(self.dataset)} \u00b7 {_esc(self.split)} split \u00b7 {self.samples} samples'
             f" \u00b7 generated {self.generated}</p></header>"
-            f'<section class="stats">{stats}</section>{run}{"".join(figures)}{per_class}'
+            + (f'<p class="warning">{_esc(self.chance_warning)}</p>' if self.chance_warning else "")
+            + f'<section class="stats">{stats}</section>{run}{"".join(figures)}{per_class}'
             f'<section class="card"><h2>Most confused pairs</h2>{confused}</section>'
             "<footer>Generated by alexnet \u00b7 self-contained: no scripts, no external resources</footer>"
             "</main></body></html>\n"
@@ -346,6 +381,7 @@ class _Page:
             "| metric | value |",
             "|---|---:|",
             f"| Accuracy (top-1) | {self.accuracy} |",
+            f"| Chance (largest class) | {self.chance} ({_md(self.chance_hint)}) |",
             f"| Top-5 accuracy | {self.top5} |",
             f"| Samples | {self.samples} |",
             f"| Split | {_md(self.split)} |",
@@ -354,7 +390,7 @@ class _Page:
             "",
         ]
         for key, path in pictures.items():
-            title, caption = _CAPTIONS[key]
+            title, caption = self.captions[key]
             lines += [f"## {title}", "", f"![{key}]({Path(path).name})", "", caption, ""]
         lines += ["## Per-class metrics (sorted by F1, best first)", "",
                   "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]

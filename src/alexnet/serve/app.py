@@ -2,6 +2,7 @@
 
     GET  /          the page: drop, paste or pick images, see their top classes
     POST /predict   an image as the raw body, or multipart field "file" (several -> a list): top-k JSON
+    POST /explain   the same uploads: top-k and a saliency map per image, heatmap numbers and overlay PNG
     GET  /model     the model card;  GET /health  liveness and batching counters;  GET /report/  the run's report
 
 `create_app(classifier, settings)` builds the app (the model is loaded once, by the caller); its lifespan
@@ -36,15 +37,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from ..data.images import ImageTooLargeError, UnreadableImageError
-from ..data.prepare import ImageLimitError
 from ..errors import AlexnetError
 from ..runtime import Classifier, top_predictions
 from .batching import BatcherStopped, DynamicBatcher
+from .errors import ClientError, image_refusal
+from .explainer import Explainer, gradient_passes
 
 PAGE = Path(__file__).with_name("page") / "index.html"
 FIELD = "file"  # the multipart field that carries images
-FORMATS = "JPEG, PNG, GIF, BMP, TIFF or WebP"
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,6 @@ class ServeSettings:
     max_request_bytes: int = 64 * 2 ** 20  # a whole request body (several multipart files)
     max_files: int = 64  # images in one multipart request
     decode_threads: int = 0  # 0 = one per core
-
-
-class ClientError(Exception):
-    """A request the service refuses: an HTTP status and one sentence saying what to send instead."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -130,8 +122,11 @@ def page_html() -> bytes:
 
 def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()) -> FastAPI:
     """The service around a loaded `classifier` (see alexnet.runtime.load_classifier)."""
-    batcher = DynamicBatcher(classifier.probabilities, settings.max_batch, settings.max_wait_ms)
-    decoders = ThreadPoolExecutor(settings.decode_threads or os.cpu_count() or 2, thread_name_prefix="alexnet-decode")
+    batcher = DynamicBatcher(classifier.probabilities, settings.max_batch, settings.max_wait_ms,
+                             maps=gradient_passes(classifier))
+    threads = settings.decode_threads or os.cpu_count() or 2
+    decoders = ThreadPoolExecutor(threads, thread_name_prefix="alexnet-decode")
+    explainer = Explainer(classifier, batcher, threads)
     started = time.time()
     page = page_html()
     limits = ("max_image_bytes", "max_pixels", "max_request_bytes", "max_files")
@@ -147,6 +142,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
         finally:
             await batcher.stop()
             decoders.shutdown(wait=False, cancel_futures=True)
+            explainer.close()
 
     # No /docs: FastAPI's documentation pages fetch their scripts from a CDN. /openapi.json stays.
     app = FastAPI(title="alexnet", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -161,15 +157,8 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(decoders, classifier.prepare, data, name, settings.max_pixels)
-        except ImageLimitError as e:
-            raise ClientError(413, str(e)) from None
-        except ImageTooLargeError as e:  # the decoder's own caps (ALEXNET_MAX_IMAGE_PIXELS, _BYTES)
-            raise ClientError(413, f"{name} is too large ({e.reason.split(';')[0]}); send a smaller image") from None
-        except UnreadableImageError as e:
-            raise ClientError(400, f"{name} cannot be read as an image ({e.reason}); send a {FORMATS} "
-                                   "file") from None
-        except AlexnetError as e:  # e.g. a size cap inside the decoder
-            raise ClientError(400, str(e)) from None
+        except AlexnetError as e:  # over a size cap, unreadable, ...
+            raise image_refusal(name, e) from None
 
     def top_k_of(request: Request) -> int:
         text = request.query_params.get("top_k")
@@ -179,8 +168,9 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
             raise ClientError(400, f"top_k must be a whole number >= 1, got {text!r}")
         return int(text)
 
-    async def predict(request: Request) -> Response:
-        top_k = top_k_of(request)
+    async def uploads(request: Request) -> tuple[list[tuple[str, bytes]], list[np.ndarray], bool]:
+        """Every image a request carries, as (name, bytes) and prepared for the model, and whether the answer is a
+        list (several multipart files). /predict and /explain take the same uploads under the same limits."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
             body = await read_body(request, settings.max_request_bytes, "the request body")
@@ -192,16 +182,31 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
             raise ClientError(415, f"Content-Type {kind} is not an image; send the image as the body with "
                                    f"Content-Type image/jpeg (or image/png ...), or as multipart field {FIELD!r}")
         images = await asyncio.gather(*(prepare(name, data) for name, data in files))
+        return files, list(images), kind == "multipart/form-data" and len(files) > 1
+
+    async def predict(request: Request) -> Response:
+        top_k = top_k_of(request)
+        files, images, many = await uploads(request)
         try:
-            rows = await batcher.predict(list(images))
+            rows = await batcher.predict(images)
         except BatcherStopped:
             return error_response(503, "the service is shutting down; retry on another instance")
         results = top_predictions(np.stack(rows), classifier.classes, [name for name, _ in files], top_k)
-        many = kind == "multipart/form-data" and len(results) > 1
         return JSONBytes(dumps(results if many else results[0]))
+
+    async def explain(request: Request) -> Response:
+        top_k = top_k_of(request)
+        options = explainer.options(request.query_params)  # a bad method or class is refused before the upload
+        files, images, many = await uploads(request)
+        try:
+            answers = await explainer.explain(files, images, options, top_k)
+        except BatcherStopped:
+            return error_response(503, "the service is shutting down; retry on another instance")
+        return JSONBytes(b"[" + b",".join(answers) + b"]" if many else answers[0])
 
     # The hot path is a plain Starlette route: no dependency solving or response model on each request.
     app.router.add_route("/predict", predict, methods=["POST"])
+    app.router.add_route("/explain", explain, methods=["POST"])
 
     @app.get("/", include_in_schema=False)
     async def index() -> Response:
@@ -232,7 +237,8 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        messages = {404: f"no such page: {request.url.path}; the service answers /, /predict, /model and /health",
+        messages = {404: f"no such page: {request.url.path}; the service answers /, /predict, /explain, /model and "
+                         "/health",
                     405: f"{request.method} is not allowed on {request.url.path}; see GET / for how to send images"}
         return error_response(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
 
