@@ -143,10 +143,12 @@ def test_a_run_with_a_custom_pooling_layout_reloads_for_evaluation(tiny_folder, 
     assert result.returncode == 0, result.stderr
     # The run ends by saying where it is, how good it got and how to get its report.
     val_acc = json.loads((run / "history.json").read_text())[0]["val_acc"]
-    tail = result.stdout.strip().splitlines()[-3:]
-    assert tail == [f"run folder: {run}",
-                    f"best validation accuracy: {val_acc * 100:.2f}% at epoch 1 (weights in {run / 'best.pt'})",
-                    f"no HTML report written; `alexnet report {run}` writes it"]
+    tail = result.stdout.strip().splitlines()[-4:]
+    assert tail[:2] == [f"run folder: {run}",
+                        f"best validation accuracy: {val_acc * 100:.2f}% at epoch 1 (weights in {run / 'best.pt'})"]
+    # 4 of each class's 40 images are held out: always answering the first class scores a third.
+    assert "chance is 33.33% (always answering 'cat', the largest class)" in tail[2]
+    assert tail[3] == f"no HTML report written; `alexnet report {run}` writes it"
     saved = json.loads((run / "config.json").read_text())["config"]
     config = saved["model"]
     assert config["pools"] == [2, 3, 4] and config["global_pool"] is True and config["init"] == "dirac"

@@ -42,7 +42,10 @@ def test_classification_metrics_schema_and_values():
     labels = np.array([0, 1, 5, 2])
     classes = [f"c{i}" for i in range(6)]
     m = classification_metrics(probs, labels, classes)
-    assert set(m) == {"accuracy", "top5", "num_samples", "classes", "per_class", "confusion_matrix"}
+    assert set(m) == {"accuracy", "top5", "num_samples", "classes", "per_class", "confusion_matrix", "chance"}
+    # Each label once: chance is a quarter (the first of the tied classes, c0); 2 of 4 right by luck at 1/4 has
+    # probability 1 - (3/4)^4 - 4 (1/4)(3/4)^3 = 67/256.
+    assert m["chance"] == pytest.approx({"accuracy": 0.25, "class": "c0", "p_value": 67 / 256, "better": False})
     assert m["accuracy"] == pytest.approx(0.5) and m["top5"] == pytest.approx(0.75)
     assert m["num_samples"] == 4 and m["classes"] == classes
     assert [row[0] for row in m["confusion_matrix"]] == [1, 1, 0, 0, 0, 1] and m["confusion_matrix"][2][2] == 1

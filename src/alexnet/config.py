@@ -21,6 +21,8 @@ class DataConfig:
     split_seed: int = 0  # fixed apart from the run seed so every run is judged on the same images
     image_size: int | None = None  # model input side; None = the model's own default
     crop_padding: int = 4  # random-crop translation in stored pixels (0 = off)
+    crop_scale: float = 0.0  # in-memory training: random-resized crops of at least this share of the area (0 = off)
+    store_size: int | None = None  # in-memory image folders: the square side decoded into RAM (None: the first image's)
     flip: bool = True  # random horizontal flip
     flip_mode: str = "random"  # random: a coin per image per epoch | alternate: per image, flipped every other epoch
     cutout: int = 0  # in-memory training: paint a square of this side (stored pixels) with the mean colour; 0 = off
@@ -86,6 +88,7 @@ class TrainConfig:
     bn_scale: bool = True  # train batch-norm scales; False freezes them at 1 (airbench)
     bn_bias_lr: float = 1.0  # learning-rate multiplier for batch-norm biases (airbench: 64), decay divided by it
     accum_steps: int = 1  # gradient accumulation: micro-batches per optimiser step
+    clip_grad: float = 0.0  # scale the gradients down to this global L2 norm when above it (0 = off)
     sync_bn: bool = False  # SyncBatchNorm across ranks (multi-process runs)
     report: bool = True  # write the HTML report at the end of training
     save_every: float = 0.0  # also save last.pt inside an epoch every this many seconds (0 = at epoch ends only)
@@ -104,6 +107,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str | None = None
+    # Without a preset, the recipe chosen from the data (recipe.py): its name, why, its settings, the data's profile.
+    recipe: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +120,7 @@ class RunConfig:
             model=ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d["model"].items()}),
             train=TrainConfig(**d["train"]),
             preset=d.get("preset"),
+            recipe=d.get("recipe"),
         )
 
 
@@ -322,6 +328,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0 <= t.ema < 1, "--ema must be in [0, 1)"),
         (t.bn_bias_lr > 0, "--bn-bias-lr must be > 0 (1 = the same rate as the weights)"),
         (t.accum_steps >= 1, "--accum-steps must be >= 1"),
+        (t.clip_grad >= 0, "--clip-grad must be >= 0 (0 = off)"),
         (t.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (t.schedule in ("linear", "cosine", "plateau"), "--schedule must be linear, cosine or plateau"),
         (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
@@ -332,6 +339,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0 <= d.crop_padding <= 64, "--crop-padding must be between 0 and 64"),
         (d.flip_mode in ("random", "alternate"), "--flip-mode must be random or alternate"),
         (0 <= d.cutout <= 64, "--cutout must be between 0 and 64 pixels (0 = off)"),
+        (0 <= d.crop_scale < 1, "--crop-scale must be in [0, 1): the smallest share of the image a crop keeps "
+                                "(0 = off)"),
+        (not (d.crop_scale and d.cutout), "--crop-scale and --cutout do not combine; drop one"),
+        (d.store_size is None or 8 <= d.store_size <= 1024, "--store-size must be between 8 and 1024"),
         (t.res_start == 0 or t.res_start >= 8, "--res-start must be >= 8 px (0 = off)"),
         (0 < t.res_ramp <= 1, "--res-ramp must be in (0, 1]: the fraction of training that grows the side"),
         (t.time_limit >= 0, "--time-limit must be >= 0 seconds (0 = none)"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,8 @@ def _checked(value: Any, annotation: str, where: str, path: Path) -> Any:
 
 
 def read_config_file(path: str | Path) -> tuple[str | None, dict[str, dict[str, Any]]]:
-    """(preset, {"data"|"model"|"train": {field: value}}) from a config file; every key and type checked."""
+    """(preset, {"data"|"model"|"train": {field: value}, "recipe": a run's record of its recipe or None}) from a
+    config file; every key and type checked."""
     path = Path(path)
     raw = _parse(path)
     if isinstance(raw, dict) and isinstance(raw.get("config"), dict) and "train" in raw["config"]:
@@ -101,9 +102,11 @@ def read_config_file(path: str | Path) -> tuple[str | None, dict[str, dict[str, 
         raise AlexnetError(f"--config {path}: expected tables [data], [model], [train] (and preset = NAME), "
                            f"got {type(raw).__name__}")
     for key in raw:
-        if key not in (*SECTIONS, "preset"):
+        if key not in (*SECTIONS, "preset", "recipe"):  # "recipe": a run's record of how it was chosen, not an option
             raise _unknown(path, str(key), [*SECTIONS, "preset"])
     preset = raw.get("preset")
+    if raw.get("recipe") is not None and not isinstance(raw["recipe"], dict):
+        raise AlexnetError(f"--config {path}: recipe is a run's record of its recipe (a table), got {raw['recipe']!r}")
     if preset is not None and not isinstance(preset, str):
         raise AlexnetError(f"--config {path}: preset must be a preset name, got {preset!r}")
     overrides: dict[str, dict[str, Any]] = {}
@@ -116,18 +119,35 @@ def read_config_file(path: str | Path) -> tuple[str | None, dict[str, dict[str, 
             if key not in types:
                 raise _unknown(path, f"{section}.{key}", [f"{section}.{name}" for name in types])
         overrides[section] = {k: _checked(v, types[k], f"{section}.{k}", path) for k, v in values.items()}
+    overrides["recipe"] = raw.get("recipe")
     return preset, overrides
 
 
 def resolve_config(preset: str | None, flags: dict[str, dict[str, Any]], path: str | Path | None) -> RunConfig:
     """The run config of `alexnet train`: the preset (a flag's, else the file's), then the file, then flags."""
     file_preset, values = read_config_file(path) if path is not None else (None, {})
-    base = preset_config(preset if preset is not None else file_preset)
+    name = preset if preset is not None else file_preset
+    base = preset_config(name)
     flag_model = flags.get("model", {}).get("name")
     if flag_model is not None and flag_model != values.get("model", {}).get("name", base.model.name):
         values = {**values, "model": {}}  # the file's model options belong to the file's (or preset's) model
     merged = {s: {**values.get(s, {}), **flags.get(s, {})} for s in SECTIONS}
-    return apply_overrides(base, merged)
+    if values.get("recipe") is not None and preset is None:  # a run's config.json: its recipe is in its values
+        return replace(apply_overrides(base, merged), recipe=values["recipe"], preset=file_preset)
+    recipe = None
+    if name is None and not merged["train"].get("init_from"):  # fine-tuning brings its own network: no recipe
+        from .recipe import choose_recipe
+
+        recipe = choose_recipe(merged["data"].get("source", base.data.source), merged)
+        if recipe is not None and recipe.overrides:
+            # The recipe replaces the default one (it is no preset's), then the user's options win.
+            base = replace(apply_overrides(base, recipe.overrides), preset=None)
+    cfg = apply_overrides(base, merged)
+    if recipe is not None:
+        from .recipe import recipe_line
+
+        cfg = replace(cfg, recipe={**recipe.record(), "line": recipe_line(recipe, cfg)})
+    return cfg
 
 
 def _toml_value(value: Any) -> str:
@@ -144,6 +164,8 @@ def config_text(cfg: RunConfig) -> str:
     """`cfg` as a TOML file that `--config` reads back to the same config (unset options as comments)."""
     lines = ["# alexnet train --config FILE: the preset first, then these values, then any flags"]
     lines.append(f"preset = {_toml_value(cfg.preset)}" if cfg.preset else "# preset: none (the default recipe)")
+    if cfg.recipe:
+        lines.append(f"# {cfg.recipe['line']}")
     for section in SECTIONS:
         lines += ["", f"[{section}]"]
         part = getattr(cfg, section)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -56,4 +57,52 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
             for i, name in enumerate(classes)
         },
         "confusion_matrix": cm.tolist(),
+        "chance": compare_with_chance(float((preds == labels).mean()) if len(labels) else 0.0, int(len(labels)),
+                                      labels, classes) if len(labels) else None,
     }
+
+
+def chance_level(labels: np.ndarray, num_classes: int) -> tuple[float, int]:
+    """(share, class index) of the largest class: the accuracy of a model that always answers it."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    if counts.sum() == 0:
+        return float("nan"), 0
+    return float(counts.max() / counts.sum()), int(counts.argmax())
+
+
+def chance_p_value(correct: int, total: int, chance: float) -> float:
+    """P(at least `correct` of `total` right by luck at rate `chance`): the one-sided binomial tail, summed in
+    log space so that it holds for large `total`."""
+    if total <= 0 or correct <= 0:
+        return 1.0
+    if chance <= 0:
+        return 0.0
+    if chance >= 1:
+        return 1.0
+    log_p, log_q = math.log(chance), math.log1p(-chance)
+    terms = [math.lgamma(total + 1) - math.lgamma(i + 1) - math.lgamma(total - i + 1) + i * log_p
+             + (total - i) * log_q for i in range(correct, total + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def compare_with_chance(accuracy: float, total: int, labels: np.ndarray, classes: list[str],
+                        alpha: float = 0.05) -> dict[str, Any]:
+    """How an accuracy on `total` images compares with always answering the largest class: its share, the class,
+    the binomial p-value of doing this well by luck, and whether the accuracy is above chance at level `alpha`."""
+    share, index = chance_level(labels, len(classes))
+    correct = int(round(accuracy * total))
+    p = chance_p_value(correct, total, share)
+    return {"accuracy": share, "class": classes[index], "p_value": p,
+            "better": bool(accuracy > share and p < alpha)}
+
+
+def chance_sentence(accuracy: float, total: int, chance: dict[str, Any], what: str = "images") -> str:
+    """One plain sentence: above chance, or not, and what to do about it."""
+    base = f"chance is {chance['accuracy'] * 100:.2f}% (always answering {chance['class']!r}, the largest class)"
+    if chance["better"]:
+        return f"{base}; {accuracy * 100:.2f}% is above it"
+    return (f"warning: {accuracy * 100:.2f}% on {total:,} {what} is not better than chance: {base}, and luck "
+            f"alone would do this well with probability {chance['p_value']:.2f}. The model has not learned to tell "
+            "the classes apart: try more images per class, more --epochs, or fine-tuning pretrained weights "
+            "(--preset finetune --init-from WEIGHTS, docs/finetuning.md)")

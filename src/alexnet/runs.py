@@ -192,6 +192,22 @@ def record_evaluation(checkpoint: str | Path, metrics: dict[str, Any], *, by: st
     return path
 
 
+def chance_of(summary: RunSummary, accuracy: float) -> str | None:
+    """The validation accuracy against chance (the largest class's share), as one sentence; None when the run
+    did not record its validation classes."""
+    counts, classes = summary.config.get("val_class_counts"), summary.config.get("classes")
+    if not counts or not classes or len(counts) != len(classes):
+        return None
+    import numpy as np
+
+    from .metrics import chance_sentence, compare_with_chance
+
+    total = int(sum(counts))
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return chance_sentence(accuracy, total, compare_with_chance(accuracy, total, labels, classes),
+                           "validation images")
+
+
 def closing_lines(run: str | Path) -> list[str]:
     """What `alexnet train` prints at the end: where the run is, its best validation score, the report."""
     summary = read_run(run)
@@ -200,9 +216,15 @@ def closing_lines(run: str | Path) -> list[str]:
     if best is not None:
         lines.append(f"best validation accuracy: {best['val_acc'] * 100:.2f}% at epoch {best['epoch']} "
                      f"(weights in {summary.path / 'best.pt'})")
+        chance = chance_of(summary, best["val_acc"])
+        if chance is not None:
+            lines.append(chance)
     elif summary.history:
         lines.append(f"no validation split: best.pt holds the last epoch ({summary.history[-1]['epoch']}); "
                      f"`alexnet evaluate {summary.path / 'best.pt'} --data DATA` scores it on other data")
+    diverged = summary.path / "diverged.json"
+    if diverged.is_file():
+        lines.append(f"the loss diverged and training restarted at a lower --lr ({diverged} has each try)")
     if summary.report is not None:
         lines.append(f"report: {summary.report}")
     else:

@@ -10,7 +10,12 @@ def format_metrics(metrics: dict[str, Any], title: str) -> str:
     classes = metrics["classes"]
     lines = [title, f"accuracy {metrics['accuracy'] * 100:.2f}%"
              + (f"   top-5 {metrics['top5'] * 100:.2f}%" if metrics.get("top5") is not None else "")
-             + f"   samples {metrics['num_samples']:,}", ""]
+             + f"   samples {metrics['num_samples']:,}"]
+    if metrics.get("chance"):
+        from .metrics import chance_sentence
+
+        lines.append(chance_sentence(metrics["accuracy"], metrics["num_samples"], metrics["chance"]))
+    lines.append("")
     width = max(8, max(len(c) for c in classes))
     lines.append(f"{'class':<{width}}  precision  recall     f1  support")
     for name in classes:

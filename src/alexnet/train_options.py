@@ -92,6 +92,9 @@ TRAIN_GROUPS: list[tuple[str, list[Option]]] = [
         opt("--loader", "data", choices=["auto", "memory", "stream"],
             help="memory: decode once, hold in RAM; stream: DataLoader workers (auto: by image size)"),
         opt("--workers", "data", type=int, help="image-decoding processes (0 = all cores; streaming: 2)"),
+        opt("--store-size", "data", type=positive_int, metavar="PX",
+            help="in-memory image folders: the square side images are decoded to and held at (default: the first "
+                 "image's shorter side)"),
         opt("--resize", "data", type=positive_int, help="streamed evaluation: shorter side before the "
                                                                     "centre crop"),
         opt("--input-stats", "data", choices=["dataset", "imagenet"],
@@ -127,11 +130,16 @@ TRAIN_GROUPS: list[tuple[str, list[Option]]] = [
         opt("--amp", "train", choices=["auto", "bf16", "fp16", "off"],
             help="mixed precision; auto = bf16 on CUDA (fp16 + loss scaling without bf16) and on CPUs with bf16 "
                  "instructions (AVX512_BF16, AMX), else off"),
+        opt("--clip-grad", "train", type=float, metavar="NORM",
+            help="scale the gradients down to this global L2 norm when above it, as timm's --clip-grad (0 = off)"),
         opt("--accum-steps", "train", type=positive_int, help="gradient accumulation: micro-batches "
                                                                           "per step"),
     ]),
     ("augmentation", [
         opt("--crop-padding", "data", type=int, help="in-memory data: random-crop translation in pixels (0 = off)"),
+        opt("--crop-scale", "data", type=float, metavar="MIN",
+            help="in-memory data: random-resized crops keeping MIN to all of the image's area, scaled to the input "
+                 "side (replaces --crop-padding; 0 = off)"),
         opt("--crop", "data", choices=["random-resized", "paper"],
             help="streamed data: random-resized crops, or the paper's resize-256 + random crop"),
         opt("--lighting", "data", action=BOOL, help="streamed data: the paper's PCA colour lighting"),

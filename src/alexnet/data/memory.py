@@ -8,6 +8,7 @@ resized with a handful of vectorised tensor ops on the training device. On a GPU
 from __future__ import annotations
 
 import hashlib
+import math
 import queue
 import threading
 from dataclasses import dataclass
@@ -137,6 +138,30 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return mirror(x, torch.rand(x.shape[0], generator=gen) < 0.5)
 
 
+def resized_crop_params(n: int, min_scale: float, gen: torch.Generator,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """(n, 4) rows of (width, height, centre x, centre y) of random crops, in units of the image side, centres in
+    [-1, 1]: each covers between `min_scale` and all of the image's area at an aspect ratio drawn log-uniformly
+    from `ratio`, as torchvision's RandomResizedCrop draws them (clamped into the image instead of redrawn)."""
+    area = torch.empty(n).uniform_(min_scale, 1.0, generator=gen)
+    aspect = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen).exp()
+    w, h = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+    return torch.stack([w, h, cx, cy], dim=1)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | None, size: int) -> torch.Tensor:
+    """Cut each image's box (`resized_crop_params`) out of the batch and scale it to `size` x `size`, mirrored
+    where `flips` is true: one bilinear `grid_sample` for the whole batch (float out, same units as in)."""
+    w, h, cx, cy = boxes.to(x.device, torch.float32).unbind(1)
+    sx = w if flips is None else torch.where(flips.to(x.device), -w, w)  # a negative x scale samples mirrored
+    zero = torch.zeros_like(w)
+    theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class Normalizer:
     """uint8 batch -> float batch: scale, subtract the training mean, divide by std, resize to input."""
 
@@ -164,8 +189,9 @@ class BatchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalizer,
                  *, train: bool, crop_padding: int = 0, flip: bool = False, flip_mode: str = "random",
-                 cutout: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 cutout: int = 0, crop_scale: float = 0.0, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.images, self.labels = images, labels
+        self.crop_scale = crop_scale  # > 0: random-resized crops of at least this area instead of translations
         self.batch_size, self.normalize = batch_size, normalize
         self.train, self.crop_padding, self.flip, self.seed = train, crop_padding, flip, seed
         self.rank, self.world_size = rank, world_size
@@ -215,7 +241,9 @@ class BatchLoader:
             if self.train:
                 # Augmentation is drawn for the whole global batch and then sharded, so N ranks see
                 # exactly the images one process would (same crops, same flips).
-                if self.crop_padding:
+                if self.crop_scale:
+                    boxes = resized_crop_params(len(g), self.crop_scale, gen)
+                elif self.crop_padding:
                     dy, dx = crop_offsets(len(g), self.crop_padding, gen)
                 if self.flip:
                     flips = torch.rand(len(g), generator=gen) < 0.5
@@ -228,9 +256,12 @@ class BatchLoader:
                 share = slice(self.rank, None, self.world_size)
                 b = g[share].to(self.images.device)
                 x = self.images[b]
-                if self.crop_padding:
+                if self.crop_scale:  # crop, scale and mirror in one resampling, to the side this epoch trains at
+                    x = resized_crop(x, boxes[share], flips[share] if self.flip else None,
+                                     self.size or self.normalize.image_size)
+                elif self.crop_padding:
                     x = translate(x, dy[share], dx[share], self.crop_padding)
-                if self.flip:
+                if self.flip and not self.crop_scale:
                     x = mirror(x, flips[share])
                 if self.cutout:
                     x = cutout(x, cy[share], cx[share], self.cutout, self.cutout_fill)

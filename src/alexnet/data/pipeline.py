@@ -154,7 +154,7 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
                            vy, classes, f"image folder {cfg.source}", lambda idx: stream_images(vp, idx, spec))
         return TrainData(train, val, classes, f"image folder {cfg.source} (streamed)", spec, lighting, len(paths))
 
-    splits = load_splits(cfg.source, cfg.val_split, cfg.split_seed, cfg.cache_dir, cfg.workers)
+    splits = load_splits(cfg.source, cfg.val_split, cfg.split_seed, cfg.cache_dir, cfg.workers, cfg.store_size)
     if spec is None:
         mean, std = fixed_stats(cfg) or channel_stats(splits.train.images)
         spec = InputSpec("memory", image_size, store_size=int(splits.train.images.shape[1]),
@@ -163,7 +163,7 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
     train = BatchLoader(to_device_tensor(splits.train.images, device),
                         torch.from_numpy(splits.train.labels).to(device), batch_size, normalize, train=True,
                         crop_padding=cfg.crop_padding, flip=cfg.flip, flip_mode=cfg.flip_mode, cutout=cfg.cutout,
-                        seed=seed, **shard)
+                        crop_scale=cfg.crop_scale, seed=seed, **shard)
     val = None
     if splits.val is not None:
         v = splits.val
@@ -200,7 +200,7 @@ def build_eval(cfg: DataConfig, spec: InputSpec, split: str, device: torch.devic
     if ten_crop:
         raise AlexnetError("--ten-crop needs a streamed (ImageNet-style) model; small in-memory data uses "
                            "flip test-time augmentation instead")
-    splits = load_splits(cfg.source, cfg.val_split, cfg.split_seed, cfg.cache_dir, cfg.workers)
+    splits = load_splits(cfg.source, cfg.val_split, cfg.split_seed, cfg.cache_dir, cfg.workers, cfg.store_size)
     check_classes(cfg.source, splits.classes, expect_classes)
     images = splits.train if whole and splits.test is None else splits.get(split)
     if images.images.shape[1] != spec.store_size:

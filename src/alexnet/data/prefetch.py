@@ -32,14 +32,14 @@ def _needs_warming(cfg: DataConfig) -> Path | None:
 
     path = Path(cfg.source)
     try:
-        if is_cifar_archive(path) or _cache_path(path, cache_root(cfg.cache_dir), None).exists():
+        if is_cifar_archive(path) or _cache_path(path, cache_root(cfg.cache_dir), cfg.store_size).exists():
             return None
     except Exception:  # noqa: BLE001 - unreadable: the parent's own read reports it
         return None
     return path
 
 
-def _warm(path: Path, root: Path, workers: int) -> None:
+def _warm(path: Path, root: Path, workers: int, size: int | None) -> None:
     import signal
     import warnings
 
@@ -49,7 +49,7 @@ def _warm(path: Path, root: Path, workers: int) -> None:
     # Terminated by the parent: unwind, so the decoding pool is shut down rather than left waiting.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
-        load_image_archive(path, root, workers=workers)
+        load_image_archive(path, root, size, workers=workers)
     except BaseException:  # noqa: BLE001 - see the module docstring: the parent reports, the child is silent
         os._exit(1)
 
@@ -64,7 +64,7 @@ def cache_warming(cfg: DataConfig) -> Iterator[bool]:
         from .sources import cache_root
 
         child = multiprocessing.get_context("fork").Process(
-            target=_warm, args=(path, cache_root(cfg.cache_dir), cfg.workers), name="alexnet-cache", daemon=False)
+            target=_warm, args=(path, cache_root(cfg.cache_dir), cfg.workers, cfg.store_size), name="alexnet-cache", daemon=False)
         child.start()
     try:
         yield child is not None

@@ -45,14 +45,15 @@ def is_cifar_source(source: str) -> bool:
             or (p.is_dir() and (p / "data_batch_1").exists()))
 
 
-def read_source(source: str, cache_dir: str | None = None, workers: int = 0
+def read_source(source: str, cache_dir: str | None = None, workers: int = 0, size: int | None = None
                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], str]:
-    """({split: (uint8 NHWC images, labels)}, classes, a description) for any supported source."""
+    """({split: (uint8 NHWC images, labels)}, classes, a description) for any supported source. `size`: the
+    square side image folders are decoded to (None: the first image's shorter side; CIFAR keeps its 32 px)."""
     if source.endswith((".tar.gz", ".tgz")) and Path(source).is_file():
         from .archive import is_cifar_archive, load_image_archive
 
         if not is_cifar_archive(Path(source)):  # an image folder packed as a tarball
-            splits, classes = load_image_archive(Path(source), cache_root(cache_dir), workers=workers)
+            splits, classes = load_image_archive(Path(source), cache_root(cache_dir), size, workers=workers)
             return splits, classes, f"image archive {source}"
     if is_cifar_source(source):
         from . import cifar10  # back-ends are imported only when their kind of data is read
@@ -64,16 +65,16 @@ def read_source(source: str, cache_dir: str | None = None, workers: int = 0
                            "cifar-10-python.tar.gz, a cifar-10-batches-py folder or an image folder")
     from . import folder
 
-    splits, classes = folder.load_folder(Path(source), cache_root(cache_dir) / "folders", workers=workers)
+    splits, classes = folder.load_folder(Path(source), cache_root(cache_dir) / "folders", size, workers=workers)
     return splits, classes, f"image folder {source}"
 
 
 def load_splits(source: str, val_split: float, split_seed: int, cache_dir: str | None = None,
-                workers: int = 0) -> Splits:
+                workers: int = 0, size: int | None = None) -> Splits:
     """Read the source and carve the seeded, stratified validation split out of its training split."""
     from .memory import ImageSet, stratified_split  # torch: reading a source does not need it (prefetch.py)
 
-    raw, classes, description = read_source(source, cache_dir, workers)
+    raw, classes, description = read_source(source, cache_dir, workers, size)
     x, y = raw["train"]
     full = ImageSet(x, y, classes)
     train_idx, val_idx = stratified_split(y, val_split, split_seed)

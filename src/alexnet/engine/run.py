@@ -14,6 +14,7 @@ from ..config import RunConfig
 from . import distributed
 from .budget import TimeBudget
 from .checkpoint import rng_state
+from .divergence import DivergenceGuard
 from .ema import EMA
 from .progress import EpochProgress
 from .resolution import epoch_side
@@ -56,6 +57,7 @@ class Run:
     reused: bool  # best.pt keeps the outputs of its validation (an in-memory split), for the report
     val_digest: str | None
     callbacks: list[Any] = field(default_factory=list)
+    guard: DivergenceGuard | None = None
     started_at: float = 0.0  # time.time() when the command began
     state: TrainState = field(default_factory=TrainState)
     side: int = 0  # this epoch's training side (progressive resizing)
@@ -186,6 +188,7 @@ class Run:
             "history": s.history,
             "best_val_acc": s.best_val_acc,
             "train_seconds": s.train_seconds,
+            "loss_start": self.guard.start if self.guard else None,
             "config": self.cfg.to_dict(),
             **self.meta,
         }

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +34,7 @@ from .budget import TimeBudget
 from .callbacks import Callback, build_callbacks
 from .checkpoint import (check_optimizer_state, load_checkpoint, load_weights, remove_stale_temp_files,
                          reported_write, restore_rng_state, write_json)
+from .divergence import FACTOR, RESTARTS, DivergenceGuard, Diverged, lowered_rates
 from .device import autocast, grad_scaler, hardware_info, precision, resolve_device, tune_cpu_allocator, versions
 from .ema import EMA
 from .evaluation import collect_logits, loss_and_accuracy, tta_views
@@ -61,7 +63,27 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
     started_at = time.time() if started_at is None else started_at
     ckpt = load_checkpoint(Path(resume) / "last.pt") if resume is not None else None
     cfg = resolve_config(cfg, ckpt, resume, epochs, device, time_limit)
-    run = set_up(cfg, Path(resume) if resume is not None else out, ckpt, progress, started_at, callbacks)
+    attempts: list[dict[str, Any]] = []
+    while True:
+        run = set_up(cfg, Path(resume) if resume is not None else out, ckpt, progress, started_at, callbacks)
+        out = run.out
+        try:
+            return train_run(run, ckpt, stop_after_epoch, attempts)
+        except Diverged as e:
+            if ckpt is not None or run.info.enabled or len(attempts) >= RESTARTS:
+                raise AlexnetError(diverged_message(run, e, attempts, final=True)) from None
+            attempts.append({"lr": cfg.train.lr, "epoch": e.epoch, "step": e.step, "loss": e.loss,
+                             "start": e.start, "history": run.state.history})
+            cfg = replace(cfg, train=replace(cfg.train, **lowered_rates(cfg.train)))
+            run.ui.print(diverged_message(run, e, attempts, final=False) + f": restarting from fresh weights at "
+                         f"--lr {cfg.train.lr:g}")
+            clear_attempt(run.out, attempts)
+
+
+def train_run(run: Run, ckpt: dict[str, Any] | None, stop_after_epoch: int | None,
+              attempts: list[dict[str, Any]]) -> Path:
+    """One attempt at the run: restore a resumed one, train its epochs, end it."""
+    cfg = run.cfg
     if ckpt is not None:
         restore(run, ckpt, str(run.out / "last.pt"))
     last_epoch = cfg.train.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.train.epochs)
@@ -79,6 +101,27 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         run.emit("on_train_end")
     write_replica_report(run)
     return run.out
+
+
+def diverged_message(run: Run, e: Diverged, attempts: list[dict[str, Any]], final: bool) -> str:
+    """One line: where the loss ran away and from what; when the run stops, what was tried and what to try."""
+    line = (f"the training loss rose to {e.loss:.3g} at epoch {e.epoch}, step {e.step}, over {FACTOR:g}x its start "
+            f"({e.start:.3g}) at --lr {run.cfg.train.lr:g}")
+    if not final:
+        return line
+    rates = [a["lr"] for a in attempts] + [run.cfg.train.lr]
+    tried = f"; stopped after {len(rates)} tries (--lr {', '.join(f'{r:g}' for r in rates)})" if attempts else \
+        "; training stopped"
+    return (f"{line}{tried}: try a lower --lr (`alexnet lr-find` suggests one), a smaller --batch-size or "
+            f"--warmup-epochs, or check the data; {run.saved_description()}")
+
+
+def clear_attempt(out: Path, attempts: list[dict[str, Any]]) -> None:
+    """Before a restart: the diverged attempt's checkpoints go (they hold a run that ran away), its history and
+    rate stay on record in RUN/diverged.json."""
+    for name in ("best.pt", "last.pt", "history.json", "history.csv"):
+        (out / name).unlink(missing_ok=True)
+    write_json(out / "diverged.json", attempts)
 
 
 def resolve_config(cfg: RunConfig | None, ckpt: dict[str, Any] | None, resume: str | Path | None,
@@ -146,6 +189,8 @@ def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, 
         prepare_run_dir(out, ckpt is not None)
     torch.manual_seed(cfg.train.seed)
     ui = EpochProgress(progress and info.is_main)
+    if cfg.recipe and ckpt is None:
+        ui.print(cfg.recipe["line"])  # no preset: the recipe chosen from the data, and the data it saw
 
     t0 = time.perf_counter()
     image_size = cfg.data.image_size or default_image_size(cfg.model.name)
@@ -181,6 +226,9 @@ def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, 
         with reported_write(out / "config.json", "nothing was saved", None):
             write_json(out / "config.json", {"config": cfg.to_dict(), "dataset": data.description,
                                              "num_train": data.num_train, "num_val": num_val, **meta,
+                                             # the validation split's classes: the chance level a score is read against
+                                             "val_class_counts": np.bincount(np.asarray(data.val.labels), minlength=len(
+                                                 data.classes)).tolist() if data.val else None,
                                              "world_size": info.world_size, "versions": versions(),
                                              "precision": arithmetic, "hardware": hardware_info(dev)})
     ui.print(f"model: {cfg.model.name} at {image_size}px, {sum(p.numel() for p in model.parameters()):,} "
@@ -190,6 +238,7 @@ def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, 
                run_model=wrap_model(model, cfg, info, dev), optimizer=optimizer, scheduler=scheduler,
                scaler=grad_scaler(dev, cfg.train.amp), ema=ema, budget=budget, meta=meta, ui=ui,
                image_size=image_size, reused=reused, callbacks=callbacks, started_at=started_at,
+               guard=DivergenceGuard(len(data.classes)),
                val_digest=images_digest(val_loader.images) if reused else None)  # ties saved outputs to images
 
 
@@ -209,6 +258,8 @@ def restore(run: Run, ckpt: dict[str, Any], source: str) -> None:
                                global_step=int(ckpt.get("global_step", ckpt["epoch"] * steps)),
                                history=list(ckpt["history"]), best_val_acc=float(ckpt["best_val_acc"]),
                                train_seconds=float(ckpt["train_seconds"]), partial=ckpt.get("partial"))
+        if run.guard is not None:
+            run.guard.start = ckpt.get("loss_start")  # None (older checkpoints): measured again from here
         if not 0 <= run.state.step <= steps:
             raise ValueError(f"step {run.state.step} is outside an epoch of {steps} steps")
         if run.budget.enabled and ckpt.get("clock"):
@@ -232,10 +283,15 @@ def train_epoch(run: Run) -> None:
     last = time.perf_counter()
     for x, y in prefetch(iter(run.train_loader), run.device):
         loss, correct = forward_backward(run, x, y)
-        bad, stop, save = run.agree(not math.isfinite(loss.item()), run.stop_signal is not None, run.save_due())
+        value = loss.item()
+        finite = math.isfinite(value)
+        bad, diverged, stop, save = run.agree(not finite, finite and run.guard.observe(value),
+                                              run.stop_signal is not None, run.save_due())
         if bad:
-            raise AlexnetError(f"the loss became {loss.item()} at epoch {s.epoch + 1}, step {s.step + 1}; "
+            raise AlexnetError(f"the loss became {value} at epoch {s.epoch + 1}, step {s.step + 1}; "
                                "training stopped and the last good checkpoint is kept; try a lower --lr")
+        if diverged:
+            raise Diverged("diverged", run.guard.recent_loss(), run.guard.start or 0.0, s.epoch + 1, s.step + 1)
         optimizer_step(run)
         run.add_to_sums(loss, correct, len(y))
         s.step += 1
@@ -271,6 +327,9 @@ def forward_backward(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
 
 
 def optimizer_step(run: Run) -> None:
+    if run.cfg.train.clip_grad:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients, not fp16's scaled ones
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.clip_grad)
     run.scaler.step(run.optimizer)  # with fp16, skips the step when a gradient overflowed
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
