@@ -41,10 +41,10 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from alexnet.data.folder import IMAGE_EXTENSIONS  # noqa: E402
 from matmul import matmul_gflops  # noqa: E402
 from throughput import git_commit, host_info, host_name, resolve_device  # noqa: E402
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def class_files(archive: Path, into: Path) -> dict[str, list[Path]]:
@@ -52,7 +52,7 @@ def class_files(archive: Path, into: Path) -> dict[str, list[Path]]:
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
     root = into / "train" if (into / "train").is_dir() else into
-    return {c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return {c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             for c in sorted(root.iterdir()) if c.is_dir()}
 
 
@@ -112,9 +112,10 @@ def run_fold(data: Path, out: Path, extra: list[str]) -> dict:
     config = json.loads((out / "config.json").read_text())
     diverged = out / "diverged.json"
     losses = [row["train_loss"] for row in history]
+    scored = [r["val_acc"] for r in history if isinstance(r["val_acc"], float) and r["val_acc"] == r["val_acc"]]
     return {"seconds": round(seconds, 1), "test_acc": metrics["accuracy"], "test_images": metrics["num_samples"],
-            "chance": metrics["chance"], "best_val_acc": max(r["val_acc"] for r in history),
-            "validated_epochs": sum(r["val_acc"] == r["val_acc"] for r in history), "epochs": len(history),
+            "chance": metrics["chance"], "best_val_acc": max(scored) if scored else None,
+            "validated_epochs": len(scored), "epochs": len(history),
             "loss_ratio": max(losses) / losses[0], "restarts": len(json.loads(diverged.read_text()))
             if diverged.exists() else 0, "recipe": (config["config"].get("recipe") or {}).get("line"),
             "lr": config["config"]["train"]["lr"]}
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"fold {k}: {train_n} train / {test_n} test  test {r['test_acc'] * 100:6.2f}%  "
                   f"(chance {r['chance']['accuracy'] * 100:.2f}%, above: {r['chance']['better']})  "
-                  f"val {r['best_val_acc'] * 100:.2f}%  {r['epochs']} epochs, {r['validated_epochs']} validated  "
+                  f"val {r['best_val_acc'] * 100 if r['best_val_acc'] is not None else float('nan'):.2f}%  {r['epochs']} epochs, {r['validated_epochs']} validated  "
                   f"{r['seconds']:.1f} s  max loss / first {r['loss_ratio']:.2f}  restarts {r['restarts']}",
                   flush=True)
         after = matmul_gflops()
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
               f"folds ({summary['test_acc_pooled']:.2f}% of all {sum(r['test_images'] for r in ok)} images), "
               f"{summary['seconds_mean']:.1f} s a run (longest {summary['seconds_max']:.1f} s), largest epoch loss "
               f"{summary['loss_ratio_max']:.2f}x the first, {summary['restarts']} restarts")
-        print(f"recipe: {ok[0]['recipe']}")
+        print(ok[0]["recipe"])
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"dataset": name, "folds": rows, "summary": summary, "extra": a.extra,

@@ -68,14 +68,18 @@ def trained_run(tiny_folder, tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="session")
-def exported_model(trained_run, tmp_path_factory) -> Path:
-    """`trained_run` exported as `alexnet export` writes it: config.json, model.safetensors, model.onnx, README.md."""
+def export_run(run: Path, tmp_path_factory, name: str) -> Path:
+    """`run` exported as `alexnet export` writes it: config.json, model.safetensors, model.onnx, README.md."""
     from alexnet.export import export_model
 
-    out = tmp_path_factory.mktemp("exported") / "model"
-    export_model(trained_run, out)
+    out = tmp_path_factory.mktemp(name) / "model"
+    export_model(run, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run, tmp_path_factory) -> Path:
+    return export_run(trained_run, tmp_path_factory, "exported")
 
 
 # `python -c BLOCK_TORCH ARGS` runs the alexnet command with torch unimportable (as on a machine without it).
@@ -223,8 +227,4 @@ def red_run(tiny_folder, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def red_export(red_run, tmp_path_factory) -> Path:
-    from alexnet.export import export_model
-
-    out = tmp_path_factory.mktemp("red-exported") / "model"
-    export_model(red_run, out)
-    return out
+    return export_run(red_run, tmp_path_factory, "red-exported")

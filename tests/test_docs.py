@@ -31,6 +31,7 @@ RUN = {
     "alexnet report runs/photos --split test": [],
     "alexnet train --resume runs/photos --epochs 24": ["--epochs", "2", "--quiet"],
     "alexnet info --model alexnet --groups 2 --num-classes 1000": [],
+    "alexnet explain runs/photos/best.pt my_photos/test/cat/0001.jpg --out maps --json maps.json": [],
     "alexnet export runs/photos --out models/photos --check my_photos": [],
     "alexnet predict models/photos my_photos/test --csv predictions.csv": [],
 }

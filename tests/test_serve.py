@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import signal
@@ -24,10 +25,16 @@ from conftest import CLASSES, red_square_image, run_cli, serving
 LIMITS = ["--max-image-bytes", "200000", "--max-pixels", "1000000", "--max-request-bytes", "300000"]
 
 
+@contextlib.contextmanager
+def batching_service(model: Path, tmp_path: Path):
+    """`model` served with batches of up to 16, 50 ms of waiting and the small LIMITS."""
+    with serving(model, "--max-batch", "16", "--max-wait-ms", "50", *LIMITS, tmp_path=tmp_path) as running:
+        yield running
+
+
 @pytest.fixture(scope="module")
 def service(exported_model, tmp_path_factory):
-    with serving(exported_model, "--max-batch", "16", "--max-wait-ms", "50", *LIMITS,
-                 tmp_path=tmp_path_factory.mktemp("serve")) as running:
+    with batching_service(exported_model, tmp_path_factory.mktemp("serve")) as running:
         yield running
 
 
@@ -307,8 +314,7 @@ def onnx_classifier(red_export):
 @pytest.fixture(scope="module")
 def red_service(red_export, tmp_path_factory):
     """The hand-set `red_run` exported and served: hiding its red square is what moves its answer."""
-    with serving(red_export, "--max-batch", "16", "--max-wait-ms", "50", *LIMITS,
-                 tmp_path=tmp_path_factory.mktemp("serve-red")) as running:
+    with batching_service(red_export, tmp_path_factory.mktemp("serve-red")) as running:
         yield running
 
 
