@@ -48,8 +48,9 @@ from alexnet.saliency import sanity, synthetic  # noqa: E402
 from alexnet.saliency.occlusion import fill_colour  # noqa: E402
 
 METHODS = ("gradcam", "gradcam++", "occlusion")
-# Grad-CAM++ is also measured on the rectified conv5 maps, which its closed form assumes (alexnet-cifar).
-LOCALISED = {"gradcam": None, "gradcam++": None, "gradcam++ @relu5": "features.relu5", "occlusion": None}
+# The default layer is the rectified conv5 maps, which Grad-CAM++'s closed form assumes; it is also measured on
+# the convolution's own output, for comparison (alexnet-cifar).
+LOCALISED = {"gradcam": None, "gradcam++": None, "gradcam++ @conv5": "features.conv5", "occlusion": None}
 
 
 def log(message: str) -> None:

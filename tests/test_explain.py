@@ -140,15 +140,15 @@ def test_views_brought_back_give_the_image_they_were_made_from():
 # ---------------------------------------------------------------------------------------------------------------
 # Every model family: the hooks see what a network split by hand at the layer sees.
 
-FAMILIES = [
-    ("alexnet", {"norm": "lrn"}, 99, "features.conv5"),
-    ("alexnet-torchvision", {}, 99, "features.10"),  # in-place ReLUs after every conv
-    *[("alexnet-cifar", preset_config(p).model.options(), 32, "features.conv5")
+FAMILIES = [  # the default layer: the ReLU after the last convolution (its rectified maps)
+    ("alexnet", {"norm": "lrn"}, 99, "features.relu5"),
+    ("alexnet-torchvision", {}, 99, "features.11"),  # in-place ReLUs after every conv
+    *[("alexnet-cifar", preset_config(p).model.options(), 32, "features.relu5")
       for p in ("cifar10-fast", "cifar10", "cifar10-best")],
     ("alexnet-cifar", {"conv1_kernel": 2, "pools": (2, 3, 4), "global_pool": True, "hidden": 0}, 32,
-     "features.conv5"),
+     "features.relu5"),
     ("alexnet-cifar", {"pool_size": 3, "norm": "none", "widths": (8, 8, 16, 16, 16), "hidden": 32}, 32,
-     "features.conv5"),
+     "features.relu5"),
 ]
 
 
@@ -167,18 +167,18 @@ def split_gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer
     return cam / cam.amax(dim=(1, 2), keepdim=True)
 
 
-@pytest.mark.parametrize("name, options, size, last_conv", FAMILIES,
+@pytest.mark.parametrize("name, options, size, default", FAMILIES,
                          ids=["alexnet", "torchvision", "cifar10-fast", "cifar10", "cifar10-best", "conv1-2x2",
                               "pool3-no-norm"])
-def test_gradcam_hooks_match_a_network_split_at_the_layer(name, options, size, last_conv):
+def test_gradcam_hooks_match_a_network_split_at_the_layer(name, options, size, default):
     torch.manual_seed(0)
     model = create_model(name, num_classes=4, image_size=size, **options).eval()
-    assert find_layer(model)[0] == last_conv  # the default: the last convolution
+    assert find_layer(model)[0] == default
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
     # An untrained net may have no evidence at all for a class (an all-zero map): explain one that it has.
-    per_class = [split_gradcam(model, x, torch.full((2,), c), last_conv) for c in range(4)]
+    per_class = [split_gradcam(model, x, torch.full((2,), c), default) for c in range(4)]
     target = torch.tensor([next(c for c in range(4) if per_class[c][i].isfinite().all()) for i in range(2)])
-    expected = split_gradcam(model, x, target, last_conv)
+    expected = split_gradcam(model, x, target, default)
     got = class_activation_maps(model, x, target, None, "gradcam")
     assert got.shape == (2, size, size) and torch.allclose(got, expected, atol=1e-5)
     assert torch.allclose(got.amax(dim=(1, 2)), torch.ones(2))

@@ -106,7 +106,7 @@ def explain(model: Any, images: str | os.PathLike[str] | Sequence[str | os.PathL
     """What each prediction rests on: for every image (files, folders, globs), predict's top-k and a heatmap of
     the top class (or `target`) over the image file, e.g. `explain("runs/demo", "cat.jpg")[0]["heatmap"]`.
 
-    `method`: "gradcam" | "gradcam++" (on `layer`, a module name; default the last convolution) | "occlusion"
+    `method`: "gradcam" | "gradcam++" (on `layer`, a module name; default the ReLU after the last convolution) | "occlusion"
     (a grey `patch` moved by `stride`, in input pixels; default a quarter and an eighth of the input side; it
     also runs on an exported folder through onnxruntime). `model`: a run folder, RUN/best.pt, an exported model
     folder, or a classifier from `alexnet.runtime.load_classifier`. Each record: "image", "predictions",

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--target", metavar="CLASS", help="explain this class of the model instead of the top one")
     xp.add_argument("--top-k", type=positive_int, default=5)
     xp.add_argument("--layer", metavar="NAME", help="Grad-CAM's layer, a module name such as features.conv5 or "
-                                                    "features.10 (default: the last convolution)")
+                                                    "features.10 (default: the ReLU after the last convolution)")
     xp.add_argument("--patch", type=positive_int, help="occlusion: the patch's side in input pixels (default: a "
                                                        "quarter of the input side, 8 for 32 px)")
     xp.add_argument("--stride", type=positive_int, help="occlusion: the patch's step (default: an eighth of the side)")

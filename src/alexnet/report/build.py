@@ -26,7 +26,7 @@ def first_conv_weight(model: nn.Module) -> np.ndarray | None:
 
 
 def gradcam_explainer(loaded: LoadedModel) -> Explainer | None:
-    """Grad-CAM on the model's last convolution through the code `alexnet explain` runs (`saliency.cam.input_maps`:
+    """Grad-CAM on the model's last convolution (its rectified maps) through the code `alexnet explain` runs (`saliency.cam.input_maps`:
     the run's normalisation and test-time views), with the layer's grid side for the caption; None for a model
     without convolutions, whose report then goes without maps rather than failing."""
     from ..saliency.cam import conv_layers, find_layer, input_maps

@@ -30,7 +30,7 @@ class Explainer:
 
     maps: Callable[[np.ndarray, np.ndarray], np.ndarray]
     method: str  # "Grad-CAM"
-    layer: str  # the module explained, e.g. "features.conv5"
+    layer: str  # the module explained, e.g. "features.relu5"
     grid: int | None = None  # the side of that layer's feature maps: how coarse a map is
     input_side: int | None = None  # the network's input side in pixels
     views: int = 1  # test-time views the maps are averaged over
@@ -84,7 +84,7 @@ def pair_caption(explainer: Explainer, true: str, pred: str, count: int, shown: 
                   f"about {side / explainer.grid:.0f} px wide, smoothly enlarged: a map places the evidence to "
                   "within a cell, not to a pixel, an edge or a small part.")
     caption = (f"The {shown} most confident of the {count:,} {true} images taken for {pred}. Under each image, the "
-               f"{explainer.method} map (layer {explainer.layer}, the last convolution; {_views(explainer)}) of the "
+               f"{explainer.method} map (layer {explainer.layer}, the last convolution's rectified maps; {_views(explainer)}) of the "
                f"predicted class, {pred}, and of the true class, {true}: red where the features that raise that "
                "class's score lie, blue where none do. Each map is scaled to its own maximum, so colours compare "
                f"places within a map, not one map with another.{coarse} The maps do not say what the evidence is "

@@ -41,14 +41,31 @@ def conv_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
 
 
+def default_layer(model: nn.Module, convs: list[str]) -> str:
+    """The rectified maps of the last convolution: the first ReLU after it ("features.relu5"), else the convolution.
+
+    Grad-CAM's feature maps are rectified (the paper's A^k follow a ReLU) and Grad-CAM++'s weights assume
+    maps that are never negative. Taken on the convolution's own output, which batch norm and a ReLU still
+    follow, the weighted sum was negative everywhere for 5 of the 6 most confident cat/dog mistakes of a
+    `cifar10` run, so their maps came out blank; Grad-CAM++ there missed squares it finds on the rectified maps."""
+    after = False
+    for name, module in model.named_modules():
+        if name == convs[-1]:
+            after = True
+        elif after and isinstance(module, nn.ReLU):
+            return name
+    return convs[-1]
+
+
 def find_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
-    """The layer to explain: `name` (a module name such as "features.conv5"), by default the last convolution,
-    whose maps keep the most class-specific features at a spatial resolution."""
+    """The layer to explain: `name` (a module name such as "features.conv5"), by default the rectified output of
+    the last convolution (`default_layer`), whose maps keep the most class-specific features at a spatial
+    resolution."""
     convs = conv_layers(model)
     if name is None:
         if not convs:
             raise AlexnetError("this model has no convolution for Grad-CAM; use --method occlusion")
-        name = convs[-1]
+        name = default_layer(model, convs)
     modules = dict(model.named_modules())
     if not name or name not in modules:
         raise AlexnetError(f"--layer {name!r} is not a layer of this model; its convolutions are: {', '.join(convs)}")

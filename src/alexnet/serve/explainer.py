@@ -64,7 +64,7 @@ def gradient_passes(classifier: Classifier) -> dict[str, MapPass]:
         def maps(images: np.ndarray, targets: np.ndarray) -> np.ndarray:
             from ..saliency.cam import input_maps
 
-            return input_maps(loaded, images, targets, None, method)  # the last convolution, as explain's default
+            return input_maps(loaded, images, targets, None, method)  # the rectified last convolution, as explain's default
 
         return maps
 
