@@ -143,6 +143,13 @@ def check_readme_command(command: str, stdout: str, run: Path) -> None:
         assert sorted(p.name for p in model.iterdir()) == ["README.md", "config.json", "model.onnx",
                                                            "model.safetensors"]
         assert re.search(r"top-1 agreement (\d+)/\1", stdout), stdout
+    elif command.startswith("alexnet explain"):  # predict's line, an overlay and the map at the file's own size
+        assert stdout.startswith("my_photos/test/cat/0001.jpg: ") and "peaks at" in stdout
+        assert (run.parent.parent / "maps" / "0001-gradcam.png").is_file()
+        (record,) = json.loads((run.parent.parent / "maps.json").read_text())
+        heatmap = np.array(record["heatmap"])
+        assert heatmap.shape == (32, 32) and 0 <= heatmap.min() and heatmap.max() <= 1
+        assert record["class"] == stdout.split(": ", 1)[1].split()[0]  # the top class of the line
     elif command.startswith("alexnet predict models/photos"):  # every test image, one CSV row each
         rows = (run.parent.parent / "predictions.csv").read_text().splitlines()
         assert len(rows) == 1 + n_test and rows[0].startswith("image,class_1,probability_1")
