@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet.report import write_report
-from alexnet.report.gallery import most_confused, plot_confused_pairs, plot_filters, select_examples
-from alexnet.report.heatmaps import Explainer, explain_shown
-from alexnet.report.html import per_class_rows
-from alexnet.report.plots import plot_confusion, plot_curves
+from alexnet.reports import write_report
+from alexnet.reports.gallery import most_confused, plot_confused_pairs, plot_filters, select_examples
+from alexnet.reports.heatmaps import Explainer, explain_shown
+from alexnet.reports.html import per_class_rows
+from alexnet.reports.plots import plot_confusion, plot_curves
 from conftest import run_cli, write_class_folder
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -221,7 +221,7 @@ def test_sparse_validation_is_drawn_as_one_joined_line(tmp_path, monkeypatch):
     # --val-every 2: epochs 1 and 3 have no validation; the val line must join epochs 2 and 4, not vanish.
     import matplotlib.axes
 
-    from alexnet.report import plots
+    from alexnet.reports import plots
 
     drawn = []
     original = matplotlib.axes.Axes.plot
@@ -254,8 +254,8 @@ def explained(trained_run: Path, mistaken_folder: Path, tmp_path_factory: pytest
     """The report of `trained_run` on `mistaken_folder`, with what its picture functions were handed and every
     batch of images Grad-CAM was asked to explain."""
     from alexnet.inference import load_model
-    from alexnet.report import html as report_html
-    from alexnet.report.build import build_report
+    from alexnet.reports import html as report_html
+    from alexnet.reports.build import build_report
     from alexnet.saliency import cam
 
     handed: dict[str, tuple] = {}
@@ -363,8 +363,8 @@ def test_no_explain_leaves_the_maps_out(trained_run: Path, mistaken_folder: Path
 
 def test_the_api_without_explanations_computes_no_map(trained_run: Path, mistaken_folder: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from alexnet.api import report as report_run  # `alexnet.report` is this package once it is imported
-    from alexnet.report import html as report_html
+    from alexnet.api import report as report_run
+    from alexnet.reports import html as report_html
     from alexnet.saliency import cam
 
     def refuse(*args, **kwargs):
@@ -404,3 +404,12 @@ def test_each_shown_image_is_explained_once_per_class_and_its_maps_land_in_place
             np.testing.assert_array_equal(got_pred[k], expected(i, pred[i]))
             np.testing.assert_array_equal(got_true[k], expected(i, labels[i]))
 
+
+def test_alexnet_report_stays_the_function_after_training_loaded_the_report_code():
+    # `alexnet.train` writes its report through the reports package; `alexnet.report(run)` must still be the verb
+    # the README's Python example calls (a subpackage of the same name would replace it on import).
+    import alexnet
+    import alexnet.reports.html  # noqa: F401 - what training imports
+    from alexnet.api import report as api_report
+
+    assert alexnet.report is api_report

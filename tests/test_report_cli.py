@@ -6,7 +6,7 @@ import json
 
 from PIL import Image
 
-from alexnet.report.plots import format_percent
+from alexnet.reports.plots import format_percent
 from conftest import run_cli
 
 PICTURES = ["curves.png", "confusion.png", "examples.png", "confused_pairs.png", "filters.png"]
@@ -42,7 +42,7 @@ def test_the_report_reuses_the_final_validation_and_agrees_with_evaluate(trained
     import torch
 
     from alexnet import inference
-    from alexnet.report.build import build_report
+    from alexnet.reports.build import build_report
 
     best = torch.load(trained_run / "best.pt", weights_only=True)
     logits, labels = best["val_logits"], best["val_labels"]
@@ -53,7 +53,7 @@ def test_the_report_reuses_the_final_validation_and_agrees_with_evaluate(trained
         raise AssertionError("the report evaluated the validation split again")
 
     monkeypatch.setattr(inference, "probabilities", no_evaluation)
-    monkeypatch.setattr("alexnet.report.build.probabilities", no_evaluation)
+    monkeypatch.setattr("alexnet.reports.build.probabilities", no_evaluation)
     build_report(trained_run, out=tmp_path / "report")
     evaluated = run_cli("evaluate", trained_run / "best.pt", "--split", "val", "--json", tmp_path / "eval.json")
     assert evaluated.returncode == 0, evaluated.stderr

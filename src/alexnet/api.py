@@ -93,7 +93,7 @@ def report(run: str | Path, data: str | None = None, split: str = "val", out: st
            device: str = "auto", quiet: bool = True, explain: bool = True) -> Path:
     """Write the self-contained HTML report (and its PNGs, metrics.json, report.md) of a run. `explain=False`
     leaves out the Grad-CAM maps (the examples' map panels and the most confused pair's section)."""
-    from .report.build import build_report
+    from .reports.build import build_report
 
     return build_report(Path(run), data=data, split=split, out=Path(out) if out else None, device=device,
                         explain=explain)

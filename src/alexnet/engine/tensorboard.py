@@ -68,8 +68,8 @@ class TensorBoard(Callback):
     def add_pictures(self, run: Run) -> None:
         """The confusion matrix and example predictions of the best validation, as the report draws them."""
         from ..metrics import confusion_matrix
-        from ..report.gallery import plot_examples, select_examples
-        from ..report.plots import plot_confusion
+        from ..reports.gallery import plot_examples, select_examples
+        from ..reports.plots import plot_confusion
 
         logits, labels = self.best["val_logits"], self.best["val_labels"].numpy()
         probs = torch.softmax(logits.float(), dim=1).numpy()

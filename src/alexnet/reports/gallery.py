@@ -20,7 +20,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from alexnet.report.plots import CORRECT, DPI, INK, MUTED, WRONG, format_percent, new_figure, save_figure, styled
+from alexnet.reports.plots import CORRECT, DPI, INK, MUTED, WRONG, format_percent, new_figure, save_figure, styled
 from alexnet.saliency.overlay import COLORMAP, blend
 
 _OTHER = "#b8c0cc"  # bars for classes that are neither the truth nor a wrong prediction

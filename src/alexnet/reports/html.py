@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from alexnet.jsonio import json_text
-from alexnet.report.gallery import most_confused, plot_confused_pairs, plot_examples, plot_filters, select_examples
-from alexnet.report.heatmaps import Explainer, examples_note, explain_shown, pair_caption, plot_pair_maps
-from alexnet.report.plots import (
+from alexnet.reports.gallery import most_confused, plot_confused_pairs, plot_examples, plot_filters, select_examples
+from alexnet.reports.heatmaps import Explainer, examples_note, explain_shown, pair_caption, plot_pair_maps
+from alexnet.reports.plots import (
     format_duration,
     format_percent,
     plot_confusion,

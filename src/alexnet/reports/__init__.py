@@ -5,6 +5,6 @@ This layer takes plain data (numpy arrays, dicts) and never imports the
 training engine, data loading or the CLI.
 """
 
-from alexnet.report.html import per_class_rows, write_report
+from alexnet.reports.html import per_class_rows, write_report
 
 __all__ = ["per_class_rows", "write_report"]

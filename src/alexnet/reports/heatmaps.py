@@ -3,7 +3,7 @@ the class it predicted and for the true class. The example gallery draws them be
 (`gallery.plot_examples`); the most confused pair gets a picture of its own here.
 
 The report layer takes plain data: the maps come from an `Explainer` whose `maps(images, targets)` the caller
-supplies (`report.build` wires Grad-CAM on the run's model through `alexnet.saliency`, the code `alexnet explain`
+supplies (`reports.build` wires Grad-CAM on the run's model through `alexnet.saliency`, the code `alexnet explain`
 runs). Only the images already shown are explained, each (image, class) once and all in one call: a report asks
 for at most 16 examples x 2 classes + 6 pair images x 2 classes maps, whatever the size of the split.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.report.gallery import _fig_frac, _show_image, draw_map_key, show_map
-from alexnet.report.plots import CORRECT, DPI, INK, MUTED, WRONG, format_percent, new_figure, save_figure, styled
+from alexnet.reports.gallery import _fig_frac, _show_image, draw_map_key, show_map
+from alexnet.reports.plots import CORRECT, DPI, INK, MUTED, WRONG, format_percent, new_figure, save_figure, styled
 
 __all__ = ["Explainer", "ShownMaps", "examples_note", "explain_shown", "pair_caption", "plot_pair_maps"]
 
