@@ -40,14 +40,18 @@ def load_explainer(model: str | os.PathLike[str], method: str = "gradcam", backe
     check_method(method)
     if method in GRADIENT_METHODS:
         if backend == "onnx":
-            raise AlexnetError(f"--method {method} needs the model's gradients, which the ONNX graph does not give: "
-                               "use --method occlusion with --backend onnx, or pass a run folder or RUN/best.pt "
-                               "(or --backend torch for an exported folder with model.safetensors)")
+            raise no_gradients(method)
         if not torch_installed():
             raise AlexnetError(f"--method {method} needs torch, which is not installed; use --method occlusion on "
                                "an exported model folder (onnxruntime)")
         backend = "torch" if backend == "auto" else backend
     return load_classifier(model, backend, device)
+
+
+def no_gradients(method: str) -> AlexnetError:
+    return AlexnetError(f"--method {method} needs the model's gradients, which the ONNX graph does not give: use "
+                        "--method occlusion with the ONNX backend, or pass a run folder or RUN/best.pt (or "
+                        "--backend torch for an exported folder with model.safetensors)")
 
 
 def torch_installed() -> bool:
@@ -90,8 +94,7 @@ def check_options(classifier: Classifier, method: str, target: str | None, layer
                            "use --method occlusion)")
     loaded = getattr(classifier, "loaded", None)
     if loaded is None:
-        raise AlexnetError(f"--method {method} needs the model's gradients, which the ONNX graph does not give: "
-                           "use --method occlusion, or a run folder or RUN/best.pt")
+        raise no_gradients(method)
     from .saliency.cam import find_layer
 
     return find_layer(loaded.model, layer)[0]

@@ -57,14 +57,15 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
             for i, name in enumerate(classes)
         },
         "confusion_matrix": cm.tolist(),
-        "chance": compare_with_chance(float((preds == labels).mean()) if len(labels) else 0.0, int(len(labels)),
-                                      labels, classes) if len(labels) else None,
+        "chance": compare_with_chance(float((preds == labels).mean()), scores["support"], classes)
+        if len(labels) else None,
     }
 
 
-def chance_level(labels: np.ndarray, num_classes: int) -> tuple[float, int]:
-    """(share, class index) of the largest class: the accuracy of a model that always answers it."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+def chance_level(counts: np.ndarray | list[int]) -> tuple[float, int]:
+    """(share, class index) of the largest class, from the images per class: the accuracy of a model that always
+    answers it."""
+    counts = np.asarray(counts, dtype=np.int64)
     if counts.sum() == 0:
         return float("nan"), 0
     return float(counts.max() / counts.sum()), int(counts.argmax())
@@ -86,13 +87,14 @@ def chance_p_value(correct: int, total: int, chance: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
-def compare_with_chance(accuracy: float, total: int, labels: np.ndarray, classes: list[str],
+def compare_with_chance(accuracy: float, counts: np.ndarray | list[int], classes: list[str],
                         alpha: float = 0.05) -> dict[str, Any]:
-    """How an accuracy on `total` images compares with always answering the largest class: its share, the class,
-    the binomial p-value of doing this well by luck, and whether the accuracy is above chance at level `alpha`."""
-    share, index = chance_level(labels, len(classes))
-    correct = int(round(accuracy * total))
-    p = chance_p_value(correct, total, share)
+    """How an accuracy on images with these per-class `counts` compares with always answering the largest class:
+    its share, the class, the binomial p-value of doing this well by luck, and whether the accuracy is above chance
+    at level `alpha`."""
+    share, index = chance_level(counts)
+    total = int(np.sum(counts))
+    p = chance_p_value(int(round(accuracy * total)), total, share)
     return {"accuracy": share, "class": classes[index], "p_value": p,
             "better": bool(accuracy > share and p < alpha)}
 

@@ -198,13 +198,9 @@ def chance_of(summary: RunSummary, accuracy: float) -> str | None:
     counts, classes = summary.config.get("val_class_counts"), summary.config.get("classes")
     if not counts or not classes or len(counts) != len(classes):
         return None
-    import numpy as np
-
     from .metrics import chance_sentence, compare_with_chance
 
-    total = int(sum(counts))
-    labels = np.repeat(np.arange(len(counts)), counts)
-    return chance_sentence(accuracy, total, compare_with_chance(accuracy, total, labels, classes),
+    return chance_sentence(accuracy, int(sum(counts)), compare_with_chance(accuracy, counts, classes),
                            "validation images")
 
 

@@ -14,6 +14,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from ..config import TrainConfig
 from ..errors import AlexnetError
 
 # Diverged: the recent loss above FACTOR x the starting loss. Runs that learn can spike to 3-5x for a few steps
@@ -61,7 +62,7 @@ class DivergenceGuard:
         return sum(self.recent) / max(len(self.recent), 1)
 
 
-def lowered_rates(train: object) -> dict[str, float]:
+def lowered_rates(train: TrainConfig) -> dict[str, float]:
     """The learning-rate fields of a TrainConfig divided by LR_DIVISOR (the ones that are set)."""
-    rates = {"lr": train.lr, "muon_lr": train.muon_lr, "lr_backbone": train.lr_backbone}  # type: ignore[attr-defined]
+    rates = {"lr": train.lr, "muon_lr": train.muon_lr, "lr_backbone": train.lr_backbone}
     return {k: v / LR_DIVISOR for k, v in rates.items() if v is not None}

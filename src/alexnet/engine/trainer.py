@@ -68,7 +68,7 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
         run = set_up(cfg, Path(resume) if resume is not None else out, ckpt, progress, started_at, callbacks)
         out = run.out
         try:
-            return train_run(run, ckpt, stop_after_epoch, attempts)
+            return train_run(run, ckpt, stop_after_epoch)
         except Diverged as e:
             if ckpt is not None or run.info.enabled or len(attempts) >= RESTARTS:
                 raise AlexnetError(diverged_message(run, e, attempts, final=True)) from None
@@ -80,8 +80,7 @@ def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str |
             clear_attempt(run.out, attempts)
 
 
-def train_run(run: Run, ckpt: dict[str, Any] | None, stop_after_epoch: int | None,
-              attempts: list[dict[str, Any]]) -> Path:
+def train_run(run: Run, ckpt: dict[str, Any] | None, stop_after_epoch: int | None) -> Path:
     """One attempt at the run: restore a resumed one, train its epochs, end it."""
     cfg = run.cfg
     if ckpt is not None:
