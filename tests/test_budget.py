@@ -159,7 +159,8 @@ def test_progressive_resizing_trains_small_then_validates_at_full_size(tiny_fold
 
 
 def test_the_reserve_counts_the_views_that_evaluation_makes():
-    from alexnet.engine.evaluation import collect_logits, tta_views
+    from alexnet.classifier import view_passes as tta_views
+    from alexnet.engine.evaluation import collect_logits
 
     passes = []
 

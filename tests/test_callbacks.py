@@ -12,8 +12,9 @@ import pytest
 import alexnet
 from alexnet.cli import main
 from alexnet.config import RunConfig, TrainConfig, apply_overrides, preset_config, validate
-from alexnet.engine.callbacks import Callback, build_callbacks, validations_without_improvement
+from alexnet.engine.callbacks import Callback, validations_without_improvement
 from alexnet.engine.checkpoint import load_checkpoint
+from alexnet.engine.trainer import build_callbacks
 from alexnet.errors import AlexnetError
 
 OPTIONS = dict(epochs=2, batch_size=16, lr=0.05, widths=(8, 8, 8, 8, 8), whiten=False, report=False, device="cpu",

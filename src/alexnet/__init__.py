@@ -5,13 +5,14 @@
     print(alexnet.evaluate(run / "best.pt", split="val")["accuracy"])
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401 (re-exported: alexnet.__version__)
+
 __all__ = ["train", "evaluate", "predict", "explain", "report", "load_model"]
 
 
 def __getattr__(name: str):
-    # Lazy, so `import alexnet` (and the CLI's --help) does not pay for torch until it is used.
     if name in __all__:
+        # lazy: `import alexnet` (and the CLI's --help) does not pay for torch until the API is used
         from . import api
 
         return getattr(api, name)

@@ -37,6 +37,7 @@ def _parse(path: Path) -> Any:
         raise AlexnetError(f"--config {path}: cannot read it ({e})") from None
     if kind == "TOML":
         try:
+            # lazy: only a TOML --config needs the parser
             import tomllib
         except ImportError:  # Python 3.10
             try:
@@ -136,6 +137,7 @@ def resolve_config(preset: str | None, flags: dict[str, dict[str, Any]], path: s
         return replace(apply_overrides(base, merged), recipe=values["recipe"], preset=file_preset)
     recipe = None
     if name is None and not merged["train"].get("init_from"):  # fine-tuning brings its own network: no recipe
+        # lazy: only a run without a preset chooses a recipe: presets and --print-config skip the import
         from .recipe import choose_recipe
 
         recipe = choose_recipe(merged["data"].get("source", base.data.source), merged)
@@ -144,7 +146,7 @@ def resolve_config(preset: str | None, flags: dict[str, dict[str, Any]], path: s
             base = replace(apply_overrides(base, recipe.overrides), preset=None)
     cfg = apply_overrides(base, merged)
     if recipe is not None:
-        from .recipe import recipe_line
+        from .recipe import recipe_line  # lazy: as above, only a run without a preset has a recipe
 
         cfg = replace(cfg, recipe={**recipe.record(), "line": recipe_line(recipe, cfg)})
     return cfg

@@ -76,7 +76,7 @@ def _small(sizes: list[tuple[int, int] | None]) -> bool:
 
 def _header_size(source: Any) -> tuple[int, int] | None:
     """(width, height) from an image's header (no decoding); None for a file PIL cannot identify."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # lazy: only a folder or archive is profiled (not CIFAR-10)
 
     try:
         with Image.open(source) as im:
@@ -97,6 +97,7 @@ def _profile(labels: list[int], num_classes: int, sizes: list[tuple[int, int] | 
 
 def profile_folder(root: Path) -> DataProfile | None:
     """The profile of a class folder; headers of at most SIZE_SAMPLE images are read."""
+    # lazy: the data's readers (numpy, PIL, process pools) are imported only for the kind of source at hand
     from .data.folder import scan_folder
 
     scan = scan_folder(root)
@@ -107,6 +108,7 @@ def profile_folder(root: Path) -> DataProfile | None:
 
 def profile_archive(path: Path) -> DataProfile | None:
     """The profile of a .tar.gz of class folders: one walk through it, reading the headers of the first images."""
+    # lazy: the data's readers are imported only for the kind of source at hand
     from .data.archive import _is_image, layout
     from .data.tarball import member_parts, members
 
@@ -136,13 +138,13 @@ def profile_archive(path: Path) -> DataProfile | None:
 def profile_data(source: str) -> DataProfile | None:
     """A profile of an image folder or archive; None for CIFAR-10 (its own format) or what cannot be profiled
     here (a missing path: training reports it)."""
-    from .data.sources import is_cifar_source
+    from .data.sources import is_cifar_source  # lazy: numpy, not needed before a source is profiled
 
     path = Path(source)
     if source == "cifar10" or not path.exists():
         return None
     if path.is_file() and source.endswith((".tar.gz", ".tgz")):
-        from .data.archive import is_cifar_archive
+        from .data.archive import is_cifar_archive  # lazy: the archive reader, for archives only
 
         return None if is_cifar_archive(path) else profile_archive(path)
     if is_cifar_source(source) or not path.is_dir():

@@ -141,7 +141,7 @@ def _duration(seconds: float) -> str:
 
 def runs_table(runs: list[RunSummary], title: str) -> Any:
     """A rich Table of the runs: when, model, preset, epochs, time, best validation and test accuracy, path."""
-    from rich.table import Table
+    from rich.table import Table  # lazy: only `alexnet runs` draws a table; train's closing lines do not
 
     table = Table(title=title, title_justify="left")
     for name, justify in (("started", "left"), ("model", "left"), ("preset", "left"), ("epochs", "right"),
@@ -181,7 +181,7 @@ def record_evaluation(checkpoint: str | Path, metrics: dict[str, Any], *, by: st
             return None
         if not isinstance(records, list):
             return None
-    from .atomic import write_json
+    from .atomic import write_json  # lazy: the writer brings numpy (jsonio); reading runs stays without it
 
     name = Path(checkpoint).name if Path(checkpoint).is_file() else next(
         (f for f in ("best.pt", "last.pt") if (run / f).is_file()), "best.pt")  # what load_checkpoint picks
@@ -198,7 +198,7 @@ def chance_of(summary: RunSummary, accuracy: float) -> str | None:
     counts, classes = summary.config.get("val_class_counts"), summary.config.get("classes")
     if not counts or not classes or len(counts) != len(classes):
         return None
-    from .metrics import chance_sentence, compare_with_chance
+    from .metrics import chance_sentence, compare_with_chance  # lazy: numpy, for runs that recorded class counts
 
     return chance_sentence(accuracy, int(sum(counts)), compare_with_chance(accuracy, counts, classes),
                            "validation images")

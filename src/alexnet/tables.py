@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .metrics import chance_sentence
+
 
 def format_metrics(metrics: dict[str, Any], title: str) -> str:
     """Headline accuracy, per-class precision/recall/F1/support, and the confusion matrix (rows = true)."""
@@ -12,8 +14,6 @@ def format_metrics(metrics: dict[str, Any], title: str) -> str:
              + (f"   top-5 {metrics['top5'] * 100:.2f}%" if metrics.get("top5") is not None else "")
              + f"   samples {metrics['num_samples']:,}"]
     if metrics.get("chance"):
-        from .metrics import chance_sentence
-
         lines.append(chance_sentence(metrics["accuracy"], metrics["num_samples"], metrics["chance"]))
     lines.append("")
     width = max(8, max(len(c) for c in classes))

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -140,8 +141,6 @@ def _write_cache(path: Path, data: dict[str, tuple[np.ndarray, np.ndarray]], cla
             if os.path.exists(tmp):
                 os.unlink(tmp)
     except (OSError, zipfile.BadZipFile) as e:
-        import warnings
-
         warnings.warn(f"could not cache the decoded images in {path.parent} ({e}); the next run decodes again",
                       stacklevel=2)
 

@@ -20,6 +20,7 @@ are also checked against the official MD5 before extraction.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import http.client
 import importlib
@@ -214,6 +215,7 @@ class DownloadBar:
 
     def __call__(self, done: int, total: int | None) -> None:
         if self.bar is None:
+            # lazy: rich's progress bar only once a download starts (reading a cached copy never draws one)
             from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
@@ -334,8 +336,6 @@ class _BatchUnpickler(pickle.Unpickler):
         if (module, name) in _ALLOWED_GLOBALS:
             return _numpy_global(module, name)
         if (module, name) == ("_codecs", "encode"):  # how Python 3 pickles bytes at protocol 2
-            import codecs
-
             return codecs.encode
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch")
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from ..errors import AlexnetError
@@ -60,7 +61,7 @@ def folder_scan(cfg: DataConfig) -> FolderScan | None:
     files); None where no walk is needed here: CIFAR, archives, or in-memory loading (which scans itself)."""
     if cfg.loader == "memory" or is_cifar_source(cfg.source) or cfg.source.endswith((".tar.gz", ".tgz")):
         return None
-    from .folder import scan_folder
+    from .folder import scan_folder  # lazy: the folder reader (process pools, decoding) only for image folders
 
     return scan_folder(Path(cfg.source))
 
@@ -72,8 +73,6 @@ def wants_streaming(cfg: DataConfig, scan: FolderScan | None = None) -> bool:
         return cfg.loader == "stream"
     if is_cifar_source(cfg.source) or cfg.source.endswith((".tar.gz", ".tgz")):
         return False
-    from PIL import Image
-
     scan = scan or folder_scan(cfg)
     first = scan.splits["train"][0][0]
     with Image.open(first) as im:  # reads the header only
@@ -83,7 +82,7 @@ def wants_streaming(cfg: DataConfig, scan: FolderScan | None = None) -> bool:
 def file_splits(cfg: DataConfig, scan: FolderScan | None = None
                 ) -> tuple[dict[str, tuple[list[Path], np.ndarray]], list[str]]:
     """Streaming: file lists per split, with the same seeded, stratified validation hold-out."""
-    from .folder import scan_folder
+    from .folder import scan_folder  # lazy: as in folder_scan, imported where an image folder is read
 
     scan = scan or scan_folder(Path(cfg.source))
     paths, labels = scan.splits["train"]
@@ -102,7 +101,7 @@ def file_splits(cfg: DataConfig, scan: FolderScan | None = None
 def stream_loader(paths: list[Path], labels: np.ndarray, batch_size: int, spec: InputSpec, cfg: DataConfig,
                   device: torch.device, *, train: bool, seed: int = 0, lighting: Any = None,
                   ten_crop: bool = False, rank: int = 0, world_size: int = 1, channels_last: bool = True):
-    from .streaming import StreamingLoader
+    from .streaming import StreamingLoader  # lazy: torch's DataLoader and its workers, for streamed data only
 
     return StreamingLoader([str(p) for p in paths], labels.tolist(), batch_size, train=train,
                            image_size=spec.image_size, mean=list(spec.mean), std=list(spec.std), device=device,
@@ -127,7 +126,7 @@ def build_training(cfg: DataConfig, image_size: int, batch_size: int, seed: int,
     streaming = wants_streaming(cfg, scan)
     eval_batch = max(batch_size, 256) if not streaming else batch_size
     if streaming:
-        from .lighting import LightingPCA, color_stats
+        from .lighting import LightingPCA, color_stats  # lazy: only streamed data computes its colour statistics here
 
         if cfg.cutout:
             raise AlexnetError(f"--cutout works on in-memory data only, and {cfg.source} is streamed; "

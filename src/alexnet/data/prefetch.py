@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,8 @@ def _needs_warming(cfg: DataConfig) -> Path | None:
         return None
     if not cfg.source.endswith((".tar.gz", ".tgz")) or not Path(cfg.source).is_file():
         return None
+    # lazy: this module is imported by every `alexnet train`; the archive reader (numpy, PIL, process pools)
+    # only when an archive is to be warmed
     from .archive import _cache_path, is_cifar_archive
     from .sources import cache_root
 
@@ -40,10 +44,7 @@ def _needs_warming(cfg: DataConfig) -> Path | None:
 
 
 def _warm(path: Path, root: Path, workers: int, size: int | None) -> None:
-    import signal
-    import warnings
-
-    from .archive import load_image_archive
+    from .archive import load_image_archive  # lazy: see _needs_warming
 
     warnings.simplefilter("ignore")  # e.g. "could not cache": the parent, failing the same way, says it once
     # Terminated by the parent: unwind, so the decoding pool is shut down rather than left waiting.
@@ -61,7 +62,7 @@ def cache_warming(cfg: DataConfig) -> Iterator[bool]:
     path = _needs_warming(cfg)
     child = None
     if path is not None:
-        from .sources import cache_root
+        from .sources import cache_root  # lazy: see _needs_warming
 
         child = multiprocessing.get_context("fork").Process(
             target=_warm, args=(path, cache_root(cfg.cache_dir), cfg.workers, cfg.store_size), name="alexnet-cache", daemon=False)

@@ -50,20 +50,21 @@ def read_source(source: str, cache_dir: str | None = None, workers: int = 0, siz
     """({split: (uint8 NHWC images, labels)}, classes, a description) for any supported source. `size`: the
     square side image folders are decoded to (None: the first image's shorter side; CIFAR keeps its 32 px)."""
     if source.endswith((".tar.gz", ".tgz")) and Path(source).is_file():
+        # lazy: each back-end is imported only when its kind of data is read
         from .archive import is_cifar_archive, load_image_archive
 
         if not is_cifar_archive(Path(source)):  # an image folder packed as a tarball
             splits, classes = load_image_archive(Path(source), cache_root(cache_dir), size, workers=workers)
             return splits, classes, f"image archive {source}"
     if is_cifar_source(source):
-        from . import cifar10  # back-ends are imported only when their kind of data is read
+        from . import cifar10  # lazy: each back-end is imported only when its kind of data is read
 
         splits, classes = cifar10.load_cifar10(None if source == "cifar10" else source, root=cache_root(cache_dir))
         return splits, classes, f"CIFAR-10 ({source})"
     if not Path(source).exists():
         raise AlexnetError(f"--data {source}: no such file or folder; pass 'cifar10', a "
                            "cifar-10-python.tar.gz, a cifar-10-batches-py folder or an image folder")
-    from . import folder
+    from . import folder  # lazy: each back-end is imported only when its kind of data is read
 
     splits, classes = folder.load_folder(Path(source), cache_root(cache_dir) / "folders", size, workers=workers)
     return splits, classes, f"image folder {source}"
@@ -72,7 +73,7 @@ def read_source(source: str, cache_dir: str | None = None, workers: int = 0, siz
 def load_splits(source: str, val_split: float, split_seed: int, cache_dir: str | None = None,
                 workers: int = 0, size: int | None = None) -> Splits:
     """Read the source and carve the seeded, stratified validation split out of its training split."""
-    from .memory import ImageSet, stratified_split  # torch: reading a source does not need it (prefetch.py)
+    from .memory import ImageSet, stratified_split  # lazy: torch, which reading a source does not need (prefetch.py)
 
     raw, classes, description = read_source(source, cache_dir, workers, size)
     x, y = raw["train"]

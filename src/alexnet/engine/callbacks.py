@@ -16,13 +16,15 @@ The loop (`alexnet.engine.trainer`) calls these hooks on every callback, in list
                                      outputs (the validation logits kept in best.pt, when it keeps them)
     on_train_end(run)                always, also when training ends on an error or a signal (run.error)
 
-`run` (`trainer.Run`) holds the config (`run.cfg`), the model, optimiser and scheduler, the run folder (`run.out`),
-`run.info` (rank, world size) and `run.state` (epoch, step, history, best_val_acc). A callback ends training
-with `run.request_stop(reason)`: the epoch in progress is finished (validated, saved) and the reason is printed
-and recorded in its history row ("stopped"); `run.stop_epoch()` ends the epoch in progress after this step.
+`run` (`alexnet.engine.run.Run`: callbacks see the run through that module, never the trainer) holds the config
+(`run.cfg`), the model, optimiser and scheduler, the run folder (`run.out`), `run.info` (rank, world size) and
+`run.state` (epoch, step, history, best_val_acc). A callback ends training with `run.request_stop(reason)`: the
+epoch in progress is finished (validated, saved) and the reason is printed and recorded in its history row
+("stopped"); `run.stop_epoch()` ends the epoch in progress after this step.
 
 User callbacks (`alexnet.train(..., callbacks=[...])`) run after the built-in stop rules (signals, the time limit,
-early stopping) and before the checkpoints, history files, progress and loggers. An example:
+early stopping) and before the checkpoints, history files, progress and loggers (`trainer.build_callbacks` puts
+them in that order). An example:
 
     class PrintLoss(Callback):
         def on_step_end(self, run, step, logs):
@@ -40,12 +42,10 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .checkpoint import atomic_write, reported_write, save_checkpoint, write_json
-
-if TYPE_CHECKING:
-    from .trainer import Run
+from .run import Run
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds",
                   "stopped"]
@@ -241,18 +241,3 @@ def best_epoch(run: Run) -> int | str:
     if not scored or run.val_loader is None:
         return run.state.epoch
     return max(scored, key=lambda row: row["val_acc"])["epoch"]
-
-
-def build_callbacks(cfg: Any, user: list[Callback] | tuple[Callback, ...] = ()) -> list[Callback]:
-    """The built-in callbacks around the user's: stop rules first (their reason then lands in the history row
-    that the checkpoint saves), the user's, then checkpoints, history files, progress and loggers."""
-    t = cfg.train
-    callbacks: list[Callback] = [GracefulStop(), TimeLimit()]
-    if t.early_stop:
-        callbacks.append(EarlyStopping(t.early_stop, t.min_delta))
-    callbacks += [*user, Checkpointing(), History(), Progress()]
-    if t.tensorboard:
-        from .tensorboard import TensorBoard
-
-        callbacks.append(TensorBoard())
-    return callbacks

@@ -9,9 +9,12 @@ import functools
 import os
 import platform
 
+import numpy
+import PIL
 import torch
 
 from ..errors import AlexnetError
+from ..version import __version__
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -127,9 +130,5 @@ def hardware_info(device: torch.device) -> dict[str, str]:
 
 
 def versions() -> dict[str, str]:
-    import numpy
-    import PIL
-
-    from .. import __version__
     return {"alexnet": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "pillow": PIL.__version__, "python": platform.python_version()}

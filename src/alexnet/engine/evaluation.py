@@ -38,11 +38,6 @@ def view_logits(model: nn.Module, x: torch.Tensor, tta: bool, tta_shift: int) ->
     return (logits * torch.tensor(weights, device=logits.device).view(-1, 1, 1)).sum(0)
 
 
-def tta_views(tta: bool, tta_shift: int) -> int:
-    """Views per image that `collect_logits` evaluates: 1, 2 with flips, 6 with flips and shifts."""
-    return (6 if tta_shift > 0 else 2) if tta else 1
-
-
 @torch.no_grad()
 def collect_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    device: torch.device, amp: str = "auto", tta: bool = False, tta_shift: int = 0

@@ -54,7 +54,7 @@ def _tensors_only(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # lazy: only an --init-from .safetensors file needs it
 
     try:
         return load_file(path)

@@ -54,7 +54,7 @@ def preload_compiler_hooks() -> None:
     """Import what torch.optim imports when it builds its first optimizer (torch._dynamo, for the hooks it
     puts around `step`: 1.2 s on the 2-core box). `alexnet train` calls it early, while a child decodes a
     cold dataset, so the import overlaps with work on the other core instead of following it."""
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo  # noqa: F401  lazy: importing it when the caller chooses is this function's job
 
 
 def orthogonalise(g: torch.Tensor, steps: int = 3) -> torch.Tensor:

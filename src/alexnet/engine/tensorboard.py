@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import AlexnetError
+from ..metrics import confusion_matrix
 from .callbacks import Callback
-
-if TYPE_CHECKING:
-    from .trainer import Run
+from .run import Run
 
 STEP_SCALARS = ("loss", "accuracy", "lr", "images_per_s")
 EPOCH_SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
@@ -28,6 +28,7 @@ EPOCH_SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images
 class TensorBoard(Callback):
     def __init__(self) -> None:
         try:
+            # lazy: the tensorboard package is an optional extra (alexnet[tensorboard]), needed with --tensorboard only
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise AlexnetError("--tensorboard needs the tensorboard package: pip install 'alexnet[tensorboard]'") \
@@ -67,7 +68,7 @@ class TensorBoard(Callback):
 
     def add_pictures(self, run: Run) -> None:
         """The confusion matrix and example predictions of the best validation, as the report draws them."""
-        from ..metrics import confusion_matrix
+        # lazy: the report's drawing imports matplotlib, which a run pays for only when it has pictures to add
         from ..reports.gallery import plot_examples, select_examples
         from ..reports.plots import plot_confusion
 
@@ -87,7 +88,5 @@ class TensorBoard(Callback):
 
 
 def read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..classifier import view_passes
 from ..config import RunConfig, validate
 from ..data.memory import BatchLoader, images_digest, prefetch
 from ..data.pipeline import InputSpec, build_training
@@ -31,18 +32,19 @@ from ..errors import AlexnetError, TrainingStopped
 from ..models import create_model, default_image_size
 from . import distributed
 from .budget import TimeBudget
-from .callbacks import Callback, build_callbacks
+from .callbacks import Callback, Checkpointing, EarlyStopping, GracefulStop, History, Progress, TimeLimit
 from .checkpoint import (check_optimizer_state, load_checkpoint, load_weights, remove_stale_temp_files,
                          reported_write, restore_rng_state, write_json)
 from .divergence import FACTOR, RESTARTS, DivergenceGuard, Diverged, lowered_rates
 from .device import autocast, grad_scaler, hardware_info, precision, resolve_device, tune_cpu_allocator, versions
 from .ema import EMA
-from .evaluation import collect_logits, loss_and_accuracy, tta_views
+from .evaluation import collect_logits, loss_and_accuracy
 from .finetune import prepare_finetune
 from .optim import build_optimizer, build_scheduler
 from .progress import EpochProgress
 from .resolution import epoch_side
 from .run import Run, TrainState
+from .tensorboard import TensorBoard
 from .whitening import whiten_first_conv
 
 # Validation outputs kept in best.pt for the report, up to this many logits (8 MB: 50,000 images x 40 classes).
@@ -172,6 +174,19 @@ def build_model(cfg: RunConfig, num_classes: int, image_size: int, device: torch
     return model
 
 
+def build_callbacks(cfg: RunConfig, user: list[Callback] | tuple[Callback, ...] = ()) -> list[Callback]:
+    """The built-in callbacks around the user's: stop rules first (their reason then lands in the history row
+    that the checkpoint saves), the user's, then checkpoints, history files, progress and loggers."""
+    t = cfg.train
+    callbacks: list[Callback] = [GracefulStop(), TimeLimit()]
+    if t.early_stop:
+        callbacks.append(EarlyStopping(t.early_stop, t.min_delta))
+    callbacks += [*user, Checkpointing(), History(), Progress()]
+    if t.tensorboard:
+        callbacks.append(TensorBoard())
+    return callbacks
+
+
 def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, progress: bool,
            started_at: float, user_callbacks: list[Callback] | tuple[Callback, ...] = ()) -> Run:
     """Everything a run needs, built from its config: processes, data, model, optimiser, schedule, callbacks."""
@@ -213,7 +228,7 @@ def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, 
     reused = (info.is_main and isinstance(val_loader, BatchLoader)
               and num_val * len(data.classes) <= MAX_SAVED_LOGITS)
     budget = TimeBudget(cfg.train.time_limit, started_at, val_images=num_val,
-                        views=tta_views(cfg.train.tta, cfg.train.tta_shift), report=cfg.train.report and info.is_main,
+                        views=view_passes(cfg.train.tta, cfg.train.tta_shift), report=cfg.train.report and info.is_main,
                         report_images=0 if reused else (num_val or data.num_train))
     scheduler = build_scheduler(optimizer, cfg.train, len(train_loader), budget)
     if cfg.train.whiten and ckpt is None and isinstance(train_loader, BatchLoader):
