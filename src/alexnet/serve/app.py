@@ -3,11 +3,13 @@
     GET  /          the page: drop, paste or pick images, see their top classes
     POST /predict   an image as the raw body, or multipart field "file" (several -> a list): top-k JSON
     POST /explain   the same uploads: top-k and a saliency map per image, heatmap numbers and overlay PNG
-    GET  /model     the model card;  GET /health  liveness and batching counters;  GET /report/  the run's report
+    GET  /model     the model card;  GET /health  liveness, batching, connection and memory counters
+    GET  /report/   the run's report
 
 `create_app(classifier, settings)` builds the app (the model is loaded once, by the caller); its lifespan
 starts and stops the batcher. Every mistake a client can make is a 4xx answer {"error": "one sentence"} and
-leaves the service as it was.
+leaves the service as it was. Slow and stalled clients are dropped by the connection's protocol, and what the
+service takes on at once is bounded by work, not sockets (connections.py): past a limit, 503 at once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,15 +35,22 @@ from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from ..errors import AlexnetError
 from ..runtime import Classifier, top_predictions
 from .batching import BatcherStopped, DynamicBatcher
+from .connections import (RETRY_AFTER_S, Admission, ConnectionLimits, HeldBody, Overloaded, connection_cap,
+                          guarded_protocol)
 from .errors import ClientError, image_refusal
 from .explainer import Explainer, gradient_passes
+
+try:
+    import psutil
+except ImportError:  # a deployment without the package's dependencies (docs/serving.md): /health has no RSS
+    psutil = None
 
 PAGE = Path(__file__).with_name("page") / "index.html"
 FIELD = "file"  # the multipart field that carries images
@@ -61,6 +70,18 @@ class ServeSettings:
     max_request_bytes: int = 64 * 2 ** 20  # a whole request body (several multipart files)
     max_files: int = 64  # images in one multipart request
     decode_threads: int = 0  # 0 = one per core
+    # Slow and stalled clients (connections.py, docs/serving.md "Slow and stalled clients").
+    header_timeout: float = 10.0  # seconds for a request's line and headers (from the connection's opening, or
+    # from the end of the previous answer on a keep-alive connection)
+    body_timeout: float = 10.0  # seconds an upload may stall, or fall behind min_upload_rate
+    min_upload_rate: float = 1024.0  # bytes/s a body must average (0 = only stalls count)
+    max_in_flight: int = 64  # requests whose body has arrived, being decoded, queued or predicted; more: 503
+    max_connections: int = 4096  # open connections (lowered to fit the open-files limit); more: closed at once
+    max_buffered_bytes: int = 256 * 2 ** 20  # request bodies held in memory, all requests together; more: 503
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
+                                min_upload_rate=self.min_upload_rate, max_connections=self.max_connections)
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -77,17 +98,24 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-async def read_body(request: Request, limit: int, what: str) -> bytes:
-    """The request body, refused (413) as soon as it is known to pass `limit` bytes."""
+async def read_body(request: Request, limit: int, what: str, held: HeldBody) -> bytes:
+    """The request body, refused (413) as soon as it is known to pass `limit` bytes, and (503) as soon as it would
+    pass the service's budget of body bytes in memory; `held` counts what it holds against that budget."""
     length = request.headers.get("content-length")
-    if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
-        raise ClientError(413, f"{what} is {int(length):,} bytes, over the limit of {limit:,}; send a smaller one")
+    if length is not None and length.isascii() and length.isdigit():
+        if int(length) > limit:
+            raise ClientError(413, f"{what} is {int(length):,} bytes, over the limit of {limit:,}; send a smaller one")
+        held.expect(int(length))  # against the bytes held now: a declared length alone reserves nothing
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ClientError(413, f"{what} is over the limit of {limit:,} bytes; send a smaller one")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ClientError(413, f"{what} is over the limit of {limit:,} bytes; send a smaller one")
+            held.add(len(chunk))
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client left, or was dropped for a stalled upload: nobody reads the answer
+        raise ClientError(400, f"the connection closed before {what} arrived") from None
     return b"".join(chunks)
 
 
@@ -133,6 +161,8 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
     card = {**classifier.card, "report_url": "/report/report.html" if classifier.report_dir else None,
             "top_k": settings.top_k, "limits": {k: getattr(settings, k) for k in limits}}
     card_json = dumps(card)
+    admission = Admission(settings.max_in_flight, settings.max_buffered_bytes)
+    process = psutil.Process() if psutil is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -147,6 +177,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
     # No /docs: FastAPI's documentation pages fetch their scripts from a CDN. /openapi.json stays.
     app = FastAPI(title="alexnet", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher, app.state.classifier, app.state.settings = batcher, classifier, settings
+    app.state.admission = admission  # its counters are shared with the connections' protocol (Server)
 
     async def prepare(name: str, data: bytes) -> np.ndarray:
         if not data:
@@ -168,40 +199,50 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
             raise ClientError(400, f"top_k must be a whole number >= 1, got {text!r}")
         return int(text)
 
-    async def uploads(request: Request) -> tuple[list[tuple[str, bytes]], list[np.ndarray], bool]:
-        """Every image a request carries, as (name, bytes) and prepared for the model, and whether the answer is a
-        list (several multipart files). /predict and /explain take the same uploads under the same limits."""
+    async def uploads(request: Request, held: HeldBody) -> tuple[list[tuple[str, bytes]], bool]:
+        """Every image a request carries, as (name, bytes), and whether the answer is a list (several multipart
+        files). /predict and /explain take the same uploads under the same limits."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
-            body = await read_body(request, settings.max_request_bytes, "the request body")
+            body = await read_body(request, settings.max_request_bytes, "the request body", held)
             files = await multipart_files(request, body, settings)
         elif kind in ("", "application/octet-stream") or kind.startswith("image/"):
             name = request.query_params.get("name") or "upload"
-            files = [(name, await read_body(request, settings.max_image_bytes, f"image {name}"))]
+            files = [(name, await read_body(request, settings.max_image_bytes, f"image {name}", held))]
         else:
             raise ClientError(415, f"Content-Type {kind} is not an image; send the image as the body with "
                                    f"Content-Type image/jpeg (or image/png ...), or as multipart field {FIELD!r}")
-        images = await asyncio.gather(*(prepare(name, data) for name, data in files))
-        return files, list(images), kind == "multipart/form-data" and len(files) > 1
+        return files, kind == "multipart/form-data" and len(files) > 1
 
+    async def prepared(files: list[tuple[str, bytes]]) -> list[np.ndarray]:
+        return list(await asyncio.gather(*(prepare(name, data) for name, data in files)))
+
+    # A request's body bytes count against --max-buffered-bytes from its first byte to its answer; once the body
+    # has arrived, the request counts against --max-in-flight until the model has answered it.
     async def predict(request: Request) -> Response:
         top_k = top_k_of(request)
-        files, images, many = await uploads(request)
-        try:
-            rows = await batcher.predict(images)
-        except BatcherStopped:
-            return error_response(503, "the service is shutting down; retry on another instance")
+        with admission.body() as held:
+            files, many = await uploads(request, held)
+            with admission.work():
+                images = await prepared(files)
+                try:
+                    rows = await batcher.predict(images)
+                except BatcherStopped:
+                    return error_response(503, "the service is shutting down; retry on another instance")
         results = top_predictions(np.stack(rows), classifier.classes, [name for name, _ in files], top_k)
         return JSONBytes(dumps(results if many else results[0]))
 
     async def explain(request: Request) -> Response:
         top_k = top_k_of(request)
         options = explainer.options(request.query_params)  # a bad method or class is refused before the upload
-        files, images, many = await uploads(request)
-        try:
-            answers = await explainer.explain(files, images, options, top_k)
-        except BatcherStopped:
-            return error_response(503, "the service is shutting down; retry on another instance")
+        with admission.body() as held:
+            files, many = await uploads(request, held)
+            with admission.work():
+                images = await prepared(files)
+                try:
+                    answers = await explainer.explain(files, images, options, top_k)
+                except BatcherStopped:
+                    return error_response(503, "the service is shutting down; retry on another instance")
         return JSONBytes(b"[" + b",".join(answers) + b"]" if many else answers[0])
 
     # The hot path is a plain Starlette route: no dependency solving or response model on each request.
@@ -221,7 +262,9 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
         return JSONBytes(dumps({"status": "ok", "backend": classifier.backend, "model": classifier.card["name"],
                                 "uptime_s": round(time.time() - started, 1),
                                 "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
-                                             **batcher.counters.as_dict()}}))
+                                             **batcher.counters.as_dict()},
+                                "connections": admission.counters.connections(), "work": admission.as_dict(),
+                                "rss_mb": round(process.memory_info().rss / 2 ** 20, 1) if process else None}))
 
     if classifier.report_dir is not None:
         @app.get("/report", include_in_schema=False)
@@ -234,6 +277,10 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> Response:
         return error_response(exc.status, exc.message)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> Response:
+        return JSONResponse({"error": exc.message}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -255,9 +302,6 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
     return app
 
 
-MAX_CONNECTIONS = 64
-
-
 class Server:
     """uvicorn on a socket bound beforehand (so --port 0 works and a taken port is one clear line)."""
 
@@ -273,7 +317,7 @@ class Server:
                                "--port (0 = any free one) or --host") from None
         self.socket.listen(2048)
         self.host, self.port = self.socket.getsockname()[:2]
-        self.app = app
+        self.app, self.limits = app, settings.connection_limits()
 
     @property
     def url(self) -> str:
@@ -282,10 +326,15 @@ class Server:
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM, then finish the requests in flight and return."""
-        # At most MAX_CONNECTIONS requests in flight (more get 503 at once): each may buffer up to
-        # --max-request-bytes, so this bounds the memory that many parallel uploads can hold.
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=5, limit_concurrency=MAX_CONNECTIONS)
+        # No uvicorn limit_concurrency: it counts open connections, so clients that connect and stall would hold
+        # every slot. The app bounds the work and the body bytes in memory (Admission); the protocol drops slow
+        # and stalled clients and caps the open connections (connections.py). The protocol is httptools' (no
+        # WebSocket upgrades: the service has no WebSocket routes).
+        counters = self.app.state.admission.counters
+        limits = replace(self.limits, max_connections=connection_cap(self.limits.max_connections))
+        counters.max_connections = limits.max_connections
+        config = uvicorn.Config(self.app, http=guarded_protocol(limits, counters), ws="none", log_level="warning",
+                                access_log=False, lifespan="on", timeout_graceful_shutdown=5)
         _QuietServer(config).run(sockets=[self.socket])
 
 
