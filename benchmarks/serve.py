@@ -2,10 +2,14 @@
 
 For each network (`cifar10`: the default preset's; `notebook-227`: the notebook recipe's 227 px `alexnet` with
 batch norm, fed 32 px images upsampled inside the model), each backend (torch; onnxruntime; `torch-bf16`: torch
-under bf16 autocast, on a CPU with bf16 units) and batching on (--max-batch, default 32) and off (--max-batch 1):
-start `alexnet serve` on a free loopback port, warm it up, then `wrk -c CONNECTIONS -d DURATION` POSTs one 32 px
-JPEG as the raw body (a small Lua script) until the time is up. Reported: predictions/s, latency p50/p95/p99,
-errors (wrk's non-2xx answers and socket errors) and the mean batch the server formed (its /health counters).
+under bf16 autocast, on a CPU with bf16 units), each precision of the onnx backend (fp32; int8, `alexnet export
+--quantize int8`), each number of test-time views (--views: the run's own, 2, 1) and batching on (--max-batch,
+default 32) and off (--max-batch 1, for the run's own views): start `alexnet serve` on a free loopback port,
+warm it up, then `wrk -c CONNECTIONS -d DURATION` POSTs one 32 px JPEG as the raw body (a small Lua script)
+until the time is up. Reported: predictions/s, latency p50/p95/p99, errors (wrk's non-2xx answers and socket
+errors) and the mean batch the server formed (its /health counters). With --data (the runs' training data),
+each precision and number of views also gets its accuracy on the run's held-out validation images, computed
+in process through the same classifier the service loads: the price of each speed-up.
 Then single-image latency: `alexnet predict MODEL IMG` as a whole process (cold: a new interpreter each time;
 median of several) and an in-process call (`prepare` + `probabilities`), torch against onnxruntime. The dense
 fp32 matmul rate (benchmarks/matmul.py) is measured before and after, as in the other benchmarks: quote the
@@ -44,6 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from alexnet.cpuinfo import int8_class  # noqa: E402
 from matmul import matmul_gflops  # noqa: E402
 from throughput import git_commit, host_info, host_name  # noqa: E402
 
@@ -53,7 +58,8 @@ NETWORKS = {
     "notebook-227": ["--preset", "notebook", "--batch-size", "32"],
 }
 RESULT_TAG = "WRK_RESULT "
-TARGETS = {"predictions_s": 1000, "p99_ms": 100, "batching_gain": 3}  # cifar10, batching on, 2-core box
+# cifar10, batching on, 2-core box; "cheaper": int8 or fewer views
+TARGETS = {"predictions_s": 1000, "cheaper_predictions_s": 2000, "p99_ms": 100, "batching_gain": 3}
 
 WRK_SCRIPT = r"""
 local f = assert(io.open(os.getenv("ALEXNET_BENCH_IMAGE"), "rb"))
@@ -89,8 +95,9 @@ def synthetic_folder(root: Path, classes: int = 10, per_class: int = 12) -> Path
     return root
 
 
-def make_model(name: str, run: Path | None, work: Path) -> tuple[Path, Path]:
-    """(run folder or checkpoint, exported folder) of network `name`: trained here unless `run` is given."""
+def make_model(name: str, run: Path | None, work: Path, data: Path | None = None) -> tuple[Path, Path]:
+    """(run folder or checkpoint, exported folder with its int8 graphs) of network `name`: trained here unless
+    `run` is given; with `data`, the export checks int8 against fp32 on its held-out images."""
     if run is None:
         data = work / "synthetic"
         if not data.exists():
@@ -102,7 +109,9 @@ def make_model(name: str, run: Path | None, work: Path) -> tuple[Path, Path]:
         if result.returncode != 0:
             sys.exit(f"serve.py: training the {name} model failed:\n{result.stderr}")
     exported = work / f"model-{name}"
-    result = alexnet("export", run, "--out", exported)
+    check = ["--check", str(data), "--check-limit", "5000"] if data else []
+    result = alexnet("export", run, "--out", exported, "--quantize", "int8", *check)
+    print(result.stdout.strip(), flush=True)
     if result.returncode != 0:
         sys.exit(f"serve.py: exporting {run} failed:\n{result.stderr}")
     return run, exported
@@ -116,12 +125,14 @@ def get_json(url: str) -> dict:
 class Server:
     """`alexnet serve MODEL --port 0 ...` in its own process, until stopped with SIGTERM."""
 
-    def __init__(self, model: Path, backend: str, max_batch: int, max_wait_ms: float, log: Path):
+    def __init__(self, model: Path, backend: str, max_batch: int, max_wait_ms: float, log: Path,
+                 precision: str = "fp32", views: str = "all"):
         self.log = open(log, "w")
         name, _, amp = backend.partition("-")  # "torch-bf16": the torch backend under bf16 autocast
         self.proc = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", str(model), "--port", "0",
                                       "--backend", name, "--amp", amp or "off", "--max-batch", str(max_batch),
-                                      "--max-wait-ms", str(max_wait_ms)],
+                                      "--max-wait-ms", str(max_wait_ms), "--precision", precision,
+                                      "--views", views],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
         match = re.search(r" on (http://\S+)", line)
@@ -165,21 +176,24 @@ def wrk(url: str, script: Path, image: Path, connections: int, threads: int, sec
 
 
 def load_case(network: str, backend: str, batching: bool, model: Path, args: argparse.Namespace,
-              script: Path, work: Path) -> dict:
+              script: Path, work: Path, precision: str = "fp32", views: str = "all") -> dict:
     max_batch = args.max_batch if batching else 1
-    server = Server(model, backend, max_batch, args.max_wait_ms, work / f"serve-{network}-{backend}-{max_batch}.log")
+    log = work / f"serve-{network}-{backend}-{precision}-views{views}-{max_batch}.log"
+    server = Server(model, backend, max_batch, args.max_wait_ms, log, precision, views)
     try:
         wrk(server.url, script, args.image, args.connections, args.wrk_threads, args.warmup)
         before = get_json(server.url + "/health")["batching"]
         run = wrk(server.url, script, args.image, args.connections, args.wrk_threads, args.duration)
         after = get_json(server.url + "/health")["batching"]
+        server_passes = get_json(server.url + "/model")["views"]["passes"]
     finally:
         server.stop()
     seconds = run["duration_us"] / 1e6
     passes = after["forward_passes"] - before["forward_passes"]
     images = after["images"] - before["images"]
     socket_errors = run["connect"] + run["read"] + run["write"] + run["timeout"]
-    return {"network": network, "backend": backend, "batching": batching, "max_batch": max_batch,
+    return {"network": network, "backend": backend, "precision": precision, "views": views,
+            "passes": server_passes, "batching": batching, "max_batch": max_batch,
             "max_wait_ms": args.max_wait_ms, "connections": args.connections, "seconds": round(seconds, 2),
             "requests": run["requests"], "predictions_s": run["requests"] / seconds,
             "p50_ms": run["p50_us"] / 1000, "p95_ms": run["p95_us"] / 1000, "p99_ms": run["p99_us"] / 1000,
@@ -188,23 +202,23 @@ def load_case(network: str, backend: str, batching: bool, model: Path, args: arg
             "mean_batch": images / passes if passes else 0.0}
 
 
-def cold_predict(model: Path, backend: str, image: Path, runs: int) -> dict:
+def cold_predict(model: Path, backend: str, image: Path, runs: int, precision: str = "fp32") -> dict:
     """Wall seconds of whole `alexnet predict` processes (a new interpreter each: imports, model load, one image)."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        result = alexnet("predict", model, image, "--backend", backend)
+        result = alexnet("predict", model, image, "--backend", backend, "--precision", precision)
         times.append(time.perf_counter() - start)
         if result.returncode != 0:
             sys.exit(f"serve.py: alexnet predict failed: {result.stderr}")
     return {"median_s": statistics.median(times), "runs_s": [round(t, 3) for t in times]}
 
 
-def in_process(model: Path, backend: str, image: Path, calls: int) -> dict:
+def in_process(model: Path, backend: str, image: Path, calls: int, precision: str = "fp32") -> dict:
     """Milliseconds of `prepare(bytes)` + `probabilities` for one image in a loaded classifier, median."""
     from alexnet.runtime import load_classifier
 
-    clf = load_classifier(model, backend)
+    clf = load_classifier(model, backend, precision=precision)
     data = image.read_bytes()
     for _ in range(10):
         clf.probabilities(clf.prepare(data, image.name)[None])
@@ -216,20 +230,42 @@ def in_process(model: Path, backend: str, image: Path, calls: int) -> dict:
     return {"median_ms": 1000 * statistics.median(times), "p90_ms": 1000 * float(np.percentile(times, 90))}
 
 
+def held_out_accuracy(run: Path, exported: Path, data: Path, limit: int) -> dict[tuple[str, str, str], float]:
+    """Accuracy on up to `limit` of the run's held-out validation images for every (backend, precision, views)
+    the service can run, through the classifier it loads."""
+    from alexnet.export.parity import check_images
+    from alexnet.inference import load_model
+    from alexnet.runtime import load_classifier
+
+    images, labels, split = check_images(load_model(run, "cpu"), str(data), limit)
+    out = {}
+    for backend, precision in (("onnx", "fp32"), ("onnx", "int8"), ("torch", "fp32")):
+        for views in ("all", "2", "1"):
+            clf = load_classifier(exported if backend == "onnx" else run, backend, "cpu", precision=precision,
+                                  views=views)
+            probs = np.concatenate([clf.probabilities(images[i:i + 256]) for i in range(0, len(images), 256)])
+            out[(backend, precision, views)] = float((probs.argmax(1) == labels).mean())
+    print(f"held-out accuracy on {len(labels):,} images of the {split} split of {data}: "
+          + ", ".join(f"{b} {p} views {v}: {a * 100:.2f}%" for (b, p, v), a in out.items()), flush=True)
+    return out
+
+
 def format_table(cases: list[dict], latency: list[dict], matmul: dict, host: dict, settings: dict) -> str:
-    head = (f"{'network':<13} {'backend':<10} {'batching':<9} {'pred/s':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-            f"{'errors':>6} {'mean batch':>10}")
+    head = (f"{'network':<13} {'backend':<10} {'precision':<9} {'views':>5} {'batching':<9} {'accuracy':>8} "
+            f"{'pred/s':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} {'mean batch':>10}")
     lines = [head, "-" * len(head)]
     for c in cases:
         batching = f"on {c['max_batch']}" if c["batching"] else "off"
-        lines.append(f"{c['network']:<13} {c['backend']:<10} {batching:<9} {c['predictions_s']:>8,.0f} "
-                     f"{c['p50_ms']:>7.1f} {c['p95_ms']:>7.1f} {c['p99_ms']:>7.1f} {c['errors']:>6} "
-                     f"{c['mean_batch']:>10.1f}")
+        accuracy = f"{c['accuracy'] * 100:.2f}%" if c.get("accuracy") is not None else "-"
+        lines.append(f"{c['network']:<13} {c['backend']:<10} {c['precision']:<9} {c['passes']:>5} {batching:<9} "
+                     f"{accuracy:>8} {c['predictions_s']:>8,.0f} {c['p50_ms']:>7.1f} {c['p95_ms']:>7.1f} "
+                     f"{c['p99_ms']:>7.1f} {c['errors']:>6} {c['mean_batch']:>10.1f}")
     lines.append("")
-    head2 = f"{'network':<13} {'backend':<7} {'predict, cold process (median)':>31} {'in-process call (median)':>25}"
+    head2 = (f"{'network':<13} {'backend':<7} {'precision':<9} {'predict, cold process (median)':>31} "
+             f"{'in-process call (median)':>25}")
     lines += [head2, "-" * len(head2)]
     for r in latency:
-        lines.append(f"{r['network']:<13} {r['backend']:<7} {r['cold']['median_s']:>29.2f} s "
+        lines.append(f"{r['network']:<13} {r['backend']:<7} {r['precision']:<9} {r['cold']['median_s']:>29.2f} s "
                      f"{r['in_process']['median_ms']:>22.2f} ms")
     lines += ["", f"{host_name(host)}, {host['cpu_count']} CPUs; torch {host['torch']}; load average "
                   f"{settings['load_before']} before, {settings['load_after']} after",
@@ -244,20 +280,23 @@ def format_table(cases: list[dict], latency: list[dict], matmul: dict, host: dic
 
 
 def target_lines(cases: list[dict]) -> list[str]:
-    """The serving targets for the default network on the 2-core box, met or not, per backend."""
+    """The serving targets for the default network on the 2-core box, met or not, per backend and precision:
+    >= 1,000 predictions/s at p99 <= 100 ms with the run's own views, >= 2,000 with int8 or fewer views (the
+    accuracy each costs beside it), and batching on >= 3x off."""
     out = []
-    for backend in ("torch", "onnx", "torch-bf16"):
-        on = next((c for c in cases if c["network"] == "cifar10" and c["backend"] == backend and c["batching"]), None)
-        off = next((c for c in cases if c["network"] == "cifar10" and c["backend"] == backend and not c["batching"]),
-                   None)
-        if on is None:
+    for c in cases:
+        if c["network"] != "cifar10" or not c["batching"]:
             continue
-        ok = (on["predictions_s"] >= TARGETS["predictions_s"] and on["p99_ms"] <= TARGETS["p99_ms"]
-              and on["errors"] == 0)
-        gain = on["predictions_s"] / off["predictions_s"] if off and off["predictions_s"] else None
-        out.append(f"target cifar10/{backend}, batching on: >= {TARGETS['predictions_s']:,} pred/s, p99 <= "
-                   f"{TARGETS['p99_ms']} ms, 0 errors: {'met' if ok else 'missed'} ({on['predictions_s']:,.0f}/s, "
-                   f"p99 {on['p99_ms']:.0f} ms, {on['errors']} errors)"
+        full = c["views"] == "all" and c["precision"] == "fp32"
+        rate = TARGETS["predictions_s"] if full else TARGETS["cheaper_predictions_s"]
+        ok = c["predictions_s"] >= rate and c["p99_ms"] <= TARGETS["p99_ms"] and c["errors"] == 0
+        off = next((o for o in cases if o["network"] == "cifar10" and not o["batching"]
+                    and (o["backend"], o["precision"], o["views"]) == (c["backend"], c["precision"], c["views"])), None)
+        gain = c["predictions_s"] / off["predictions_s"] if off and off["predictions_s"] else None
+        cost = (f", accuracy {c['accuracy'] * 100:.2f}%" if c.get("accuracy") is not None else "")
+        out.append(f"target cifar10/{c['backend']} {c['precision']} views {c['views']}, batching on: >= {rate:,} "
+                   f"pred/s, p99 <= {TARGETS['p99_ms']} ms, 0 errors: {'met' if ok else 'missed'} "
+                   f"({c['predictions_s']:,.0f}/s, p99 {c['p99_ms']:.0f} ms, {c['errors']} errors{cost})"
                    + (f"; batching on / off = {gain:.1f}x (target >= {TARGETS['batching_gain']}x)" if gain else ""))
     return out
 
@@ -277,6 +316,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", type=Path, help="the JPEG to POST (default: a synthetic 32 px one)")
     p.add_argument("--run-cifar10", type=Path, help="a cifar10 run to serve instead of training one")
     p.add_argument("--run-notebook", type=Path, help="a notebook-recipe run to serve instead of training one")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"],
+                   help="precisions of the onnx backend (default both)")
+    p.add_argument("--views", nargs="+", default=["all", "2", "1"], choices=["all", "2", "1"],
+                   help="test-time views to serve with (default all, 2 and 1); batching off runs the first only")
+    p.add_argument("--data", type=Path, help="the runs' training data: int8 is checked on its held-out images "
+                                             "and each case gets its accuracy there (give --run-* trained on it)")
+    p.add_argument("--accuracy-images", type=int, default=5000, help="held-out images for the accuracy column")
     p.add_argument("--cold-runs", type=int, help="cold `alexnet predict` processes per model (default 5; --quick 2)")
     p.add_argument("--calls", type=int, default=200, help="in-process calls per model")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 s runs, 1 s warm-up, 2 cold runs")
@@ -314,28 +360,36 @@ def main(argv: list[str] | None = None) -> int:
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
     given = {"cifar10": args.run_cifar10, "notebook-227": args.run_notebook}
-    models = {name: make_model(name, given[name], work) for name in args.cases}
+    models = {name: make_model(name, given[name], work, args.data if given[name] else None) for name in args.cases}
 
     cases, latency = [], []
     for name in args.cases:
         run, exported = models[name]
+        accuracy = (held_out_accuracy(run, exported, args.data, args.accuracy_images)
+                    if args.data and given[name] else {})
         for backend in args.backends:
             model = exported if backend == "onnx" else run
-            for batching in (True, False):
-                print(f"{name} {backend} batching {'on' if batching else 'off'} ...", end=" ", flush=True)
-                c = load_case(name, backend, batching, model, args, script, work)
-                cases.append(c)
-                print(f"{c['predictions_s']:,.0f} pred/s, p99 {c['p99_ms']:.1f} ms, {c['errors']} errors", flush=True)
-            if backend in ("torch", "onnx"):  # `alexnet predict` computes in fp32
-                latency.append({"network": name, "backend": backend,
-                                "cold": cold_predict(model, backend, args.image, args.cold_runs),
-                                "in_process": in_process(model, backend, args.image, args.calls)})
+            for precision in args.precisions if backend == "onnx" else ["fp32"]:
+                for views in args.views:
+                    for batching in (True, False) if views == args.views[0] else (True,):
+                        print(f"{name} {backend} {precision} views {views} batching {'on' if batching else 'off'} ...",
+                              end=" ", flush=True)
+                        c = load_case(name, backend, batching, model, args, script, work, precision, views)
+                        c["accuracy"] = accuracy.get((backend.partition("-")[0], precision, views))
+                        cases.append(c)
+                        print(f"{c['predictions_s']:,.0f} pred/s, p99 {c['p99_ms']:.1f} ms, {c['errors']} errors",
+                              flush=True)
+            for precision in (args.precisions if backend == "onnx" else ["fp32"] if backend == "torch" else []):
+                latency.append({"network": name, "backend": backend, "precision": precision,
+                                "cold": cold_predict(model, backend, args.image, args.cold_runs, precision),
+                                "in_process": in_process(model, backend, args.image, args.calls, precision)})
 
     matmul_after = matmul_gflops(2048, 7)
     settings = {"duration": args.duration, "warmup": args.warmup, "connections": args.connections,
                 "wrk_threads": args.wrk_threads, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
                 "image_bytes": args.image.stat().st_size, "image_side": "x".join(map(str, Image.open(args.image).size)),
                 "given_runs": any(given[n] for n in args.cases), "quick": args.quick,
+                "data": str(args.data) if args.data else None, "cpu_int8": int8_class(),
                 "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
     matmul = {"before": matmul_before, "after": matmul_after}
     print()

@@ -136,7 +136,8 @@ def test_model_card_names_classes_side_accuracy_and_report(exported_model, train
         assert card["name"] == "alexnet-cifar" and card["backend"] == clf.backend
         assert card["metrics"]["split"] == "val"
         assert card["metrics"]["accuracy"] == pytest.approx(exported["metrics"]["accuracy"])
-        assert card["views"] == {"tta": exported["views"]["tta"], "tta_shift": exported["views"]["tta_shift"]}
+        assert card["views"] == {"tta": exported["views"]["tta"], "tta_shift": exported["views"]["tta_shift"],
+                                 "passes": exported["views"]["passes"]}
     # The run validated once per epoch; best.pt is the epoch with the best validation accuracy.
     best_epoch = load_classifier(trained_run).card["metrics"]["epoch"]
     assert load_classifier(trained_run).card["metrics"]["accuracy"] == pytest.approx(

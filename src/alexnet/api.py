@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from .classifier import Classifier
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, preset_config
 from .errors import AlexnetError
-from .inference import evaluate, load_model, predict
+from .inference import LoadedModel, evaluate, load_model
+from .inference import predict as predict_loaded
+from .runtime import load_classifier
 
 __all__ = ["train", "evaluate", "predict", "explain", "report", "load_model"]
 
@@ -44,9 +48,9 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
     `alexnet.engine.callbacks.Callback`, called by the training loop. On SIGTERM/SIGINT training stops after the
     step in progress, saves its position and raises `alexnet.errors.TrainingStopped`: `resume=RUN` continues it.
     """
-    from .engine.trainer import train as run_training
-
+    # lazy: the trainer (and its distributed setup) only for train(); predicting never loads it
     from .engine.distributed import teardown
+    from .engine.trainer import train as run_training
 
     try:
         if resume is not None:
@@ -84,16 +88,29 @@ def absolute_source(cfg: RunConfig) -> RunConfig:
 
 
 def load_config_dict(run: Path) -> dict[str, Any]:
-    import json
-
     return json.loads((Path(run) / "config.json").read_text())["config"]
+
+
+def predict(model: Any, images: Sequence[str | os.PathLike[str]], top_k: int = 5, device: str = "auto",
+            backend: str = "auto", precision: str = "auto", views: str | int = "all") -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file (any size or mode), as `alexnet predict` gives them.
+
+    `model`: a run folder, RUN/best.pt, an exported model folder, a classifier from
+    `alexnet.runtime.load_classifier`, or a model from `alexnet.load_model`. `backend`, `precision` and `views`
+    as for `load_classifier` (an exported folder runs in onnxruntime when it is installed; int8 where its
+    export recommends it for this CPU)."""
+    if isinstance(model, LoadedModel):
+        return predict_loaded(model, list(images), top_k)
+    classifier = model if isinstance(model, Classifier) else load_classifier(model, backend, device,
+                                                                             precision=precision, views=views)
+    return classifier.predict_files(list(images), top_k)
 
 
 def report(run: str | Path, data: str | None = None, split: str = "val", out: str | Path | None = None,
            device: str = "auto", quiet: bool = True, explain: bool = True) -> Path:
     """Write the self-contained HTML report (and its PNGs, metrics.json, report.md) of a run. `explain=False`
     leaves out the Grad-CAM maps (the examples' map panels and the most confused pair's section)."""
-    from .reports.build import build_report
+    from .reports.build import build_report  # lazy: matplotlib, only for reports
 
     return build_report(Path(run), data=data, split=split, out=Path(out) if out else None, device=device,
                         explain=explain)
@@ -113,8 +130,7 @@ def explain(model: Any, images: str | os.PathLike[str] | Sequence[str | os.PathL
     "class", "probability", "method", "layer", "heatmap" (float32 (H, W) in [0, 1], the file's own size) and
     "peak" ({"x", "y"} of its maximum; None for an all-zero map).
     """
-    from .explanations import explain_stream, load_explainer
-    from .runtime import Classifier
+    from .explanations import explain_stream, load_explainer  # lazy: the saliency code, only for explain()
 
     classifier = model if isinstance(model, Classifier) else load_explainer(model, method, backend, device)
     items = [images] if isinstance(images, (str, os.PathLike)) else list(images)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import AlexnetError, TrainingStopped
 from .train_options import TRAIN_GROUPS, add_model_options, add_options, model_options, positive_int
 
 
@@ -32,11 +34,23 @@ TRAIN_EPILOG = ("Stopping and resuming (docs/training.md): SIGTERM or Ctrl-C (SI
                 "full, read-only: the previous one is intact), 75 stopped by a signal, resumable.")
 
 
+def add_precision_views(p: argparse.ArgumentParser) -> None:
+    """--precision and --views: what `predict` and `serve` compute with (docs/serving.md has the trade)."""
+    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
+                   help="auto: what the exported folder's config recommends for this CPU (int8 only where its "
+                        "export measured it faster within the accuracy limit), else fp32; int8 needs "
+                        "`alexnet export --quantize int8`")
+    p.add_argument("--views", choices=["all", "1", "2"], default="all",
+                   help="test-time views per image: all = the run's own (default), 1 = the image alone, 2 = and "
+                        "its mirror image; fewer is faster and usually a little less accurate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="alexnet", description="Train, evaluate, explain and serve AlexNet "
                                      "image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
+    # lazy: per command (see the module doc)
     from .config import preset_config
 
     t = sub.add_parser("train", help="train a model into a run folder",
@@ -69,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                     help="auto: onnxruntime for an exported folder with model.onnx (no torch import), else torch")
     pr.add_argument("--device", default="auto")
+    add_precision_views(pr)
 
     xp = sub.add_parser("explain", help="what a prediction rests on: a heatmap over each image (Grad-CAM, occlusion)",
                         description="Predict each image as `alexnet predict` does and map where the evidence for its "
@@ -102,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                     help="auto: onnxruntime for an exported folder with model.onnx (no torch import), else torch")
     sv.add_argument("--device", default="auto", help="auto | cpu | cuda (torch also: mps)")
+    add_precision_views(sv)
     sv.add_argument("--amp", choices=["off", "bf16"], default="off",
                     help="off: fp32, the numbers of `alexnet predict`; bf16 (torch): faster for large networks on "
                          "CPUs with bf16 units (AVX512_BF16, AMX), probabilities within ~1e-2")
@@ -115,6 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest image, width x height, read from its header before decoding (40 Mpx)")
     sv.add_argument("--max-request-bytes", type=positive_int, default=64 * 2 ** 20,
                     help="largest request body, several multipart images together (64 MiB)")
+    sv.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                    help="close a connection whose request line and headers are not complete S s after it opened "
+                         "or after its previous answer (default 10)")
+    sv.add_argument("--body-timeout", type=float, default=10.0, metavar="S",
+                    help="close (408) an upload that stalls for S s or falls S s behind --min-upload-rate (default 10)")
+    sv.add_argument("--min-upload-rate", type=float, default=1024.0, metavar="BYTES_PER_S",
+                    help="the slowest average an upload may keep up (default 1024; 0 = only stalls are closed)")
+    sv.add_argument("--max-in-flight", type=positive_int, default=64,
+                    help="requests decoded or predicted at once, once their bodies have arrived; more get 503 with "
+                         "Retry-After at once (default 64)")
+    sv.add_argument("--max-connections", type=positive_int, default=4096,
+                    help="open connections, lowered to fit the open-files limit; more are closed at once (4096)")
+    sv.add_argument("--max-buffered-bytes", type=positive_int, default=256 * 2 ** 20,
+                    help="request bodies held in memory, all requests together; a request past it gets 503 (256 MiB)")
 
     r = sub.add_parser("report", help="write the HTML report of a run")
     r.add_argument("run", help="run folder (or a checkpoint in it)")
@@ -138,6 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "validation split of the training data); fail beyond 1e-4")
     x.add_argument("--check-limit", type=positive_int, default=1000, metavar="N",
                    help="images the check uses at most (default 1000)")
+    q = x.add_argument_group("int8")
+    q.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx: 8-bit convolutions and linear "
+                                                        "layers (onnxruntime static quantization, per-channel)")
+    q.add_argument("--calibrate", metavar="DATA", help="data whose training split calibrates the 8-bit ranges "
+                                                       "(default: the run's own training data)")
+    q.add_argument("--calibration-images", type=positive_int, default=512, metavar="N",
+                   help="calibration images (default 512)")
+    q.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="how activation ranges are set from the calibration images (default minmax)")
+    q.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                   help="with --check: fail if int8 loses more accuracy than this (default 1.0 point)")
 
     i = sub.add_parser("info", help="Keras-style summary of a model: layers, shapes, parameters, MACs")
     add_model_options(i)
@@ -186,6 +227,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def train_config(args: argparse.Namespace) -> Any:
     """The preset, then --config FILE, then the flags given; validated (a bad value fails before any work)."""
+    # lazy: per command (see the module doc)
     from .config import validate
     from .config_files import resolve_config
 
@@ -193,27 +235,30 @@ def train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    # lazy: per command (see the module doc)
     from .data.prefetch import cache_warming
 
     if args.resume and (args.config or args.print_config):
-        from .errors import AlexnetError
 
         raise AlexnetError("--resume continues a run with its own config (RUN/config.json); drop --config and "
                            "--print-config")
     cfg = None if args.resume else train_config(args)
     if args.print_config:
+        # lazy: per command (see the module doc)
         from .config_files import config_text
 
         print(config_text(cfg), end="")
         return
     # A cold image archive is decoded by a child while this process imports torch (data/prefetch.py).
     with cache_warming(cfg.data) if cfg is not None else contextlib.nullcontext():
+        # lazy: per command (see the module doc)
         from .api import train
         from .engine.optim import preload_compiler_hooks
 
         preload_compiler_hooks()
     # --time-limit counts from the start of the process (interpreter start-up and imports included) when
     # this is the `alexnet` command; from main()'s call when main(argv) runs inside another program.
+    # lazy: per command (see the module doc)
     import psutil
 
     started = args.started_at if args.started_at is not None else psutil.Process().create_time()
@@ -223,6 +268,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         run = train(cfg, out=args.out, stop_after_epoch=args.stop_after_epoch, progress=not args.quiet,
                     started_at=started)
+    # lazy: per command (see the module doc)
     from .runs import closing_lines
 
     lines = closing_lines(run)
@@ -230,6 +276,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    # lazy: per command (see the module doc)
     from .api import evaluate
     from .engine.checkpoint import write_json
     from .jsonio import json_text
@@ -247,13 +294,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    # lazy: per command (see the module doc)
+    from .atomic import atomic_write
     from .jsonio import json_text
+    from .predictions import predict_stream, write_csv
     from .runtime import load_classifier
 
-    from .atomic import atomic_write
-    from .predictions import predict_stream, write_csv
-
-    classifier = load_classifier(args.checkpoint, args.backend, args.device)
+    classifier = load_classifier(args.checkpoint, args.backend, args.device, precision=args.precision,
+                                 views=args.views)
     results = predict_stream(classifier.predict_files, args.images, args.top_k, args.batch_size)
     if args.csv and args.csv != "-":
         count = 0
@@ -281,6 +329,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
+    # lazy: per command (see the module doc)
     from .explanations import explain_stream, load_explainer, write_explanations
 
     classifier = load_explainer(args.checkpoint, args.method, args.backend, args.device)
@@ -290,30 +339,47 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .errors import AlexnetError
+    # lazy: per command (see the module doc)
     from .runtime import load_classifier
 
     if args.max_wait_ms < 0:
         raise AlexnetError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms:g}")
+    for flag, value, zero_ok in (("--header-timeout", args.header_timeout, False),
+                                 ("--body-timeout", args.body_timeout, False),
+                                 ("--min-upload-rate", args.min_upload_rate, True)):
+        if not 0 <= value < float("inf") or (value == 0 and not zero_ok):  # nan fails both comparisons
+            raise AlexnetError(f"{flag} must be a finite number {'>= 0' if zero_ok else '> 0'}, got {value:g}")
+    if args.max_buffered_bytes < max(args.max_request_bytes, args.max_image_bytes):
+        larger = "--max-request-bytes" if args.max_request_bytes >= args.max_image_bytes else "--max-image-bytes"
+        raise AlexnetError(f"--max-buffered-bytes ({args.max_buffered_bytes:,}) must be at least {larger} "
+                           f"({max(args.max_request_bytes, args.max_image_bytes):,}), or that upload is never taken")
     # The model's threads sleep when idle: the event loop and the decoders share the cores with them.
-    classifier = load_classifier(args.model, args.backend, args.device, spin=False, amp=args.amp)
+    classifier = load_classifier(args.model, args.backend, args.device, spin=False, amp=args.amp,
+                                 precision=args.precision, views=args.views)
     try:
+        # lazy: per command (see the module doc)
         from .serve.app import Server, ServeSettings, create_app
     except ImportError as e:
         raise AlexnetError(f"alexnet serve needs {e.name or 'the web stack'}: pip install 'alexnet[serve]'") from None
 
     settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              top_k=args.top_k, max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels,
-                             max_request_bytes=args.max_request_bytes)
+                             max_request_bytes=args.max_request_bytes, header_timeout=args.header_timeout,
+                             body_timeout=args.body_timeout, min_upload_rate=args.min_upload_rate,
+                             max_in_flight=args.max_in_flight, max_connections=args.max_connections,
+                             max_buffered_bytes=args.max_buffered_bytes)
     server = Server(create_app(classifier, settings), settings)
     batching = f"batches of up to {args.max_batch}, {args.max_wait_ms:g} ms wait" if args.max_batch > 1 else "no batching"
-    print(f"serving {args.model} ({classifier.card['name']}, {classifier.backend} {classifier.precision}; {batching}) "
+    passes = classifier.views["passes"]
+    print(f"serving {args.model} ({classifier.card['name']}, {classifier.backend} {classifier.precision}, "
+          f"{passes} view{'s' if passes > 1 else ''}; {batching}) "
           f"on {server.url}  (Ctrl-C stops)", flush=True)
     server.run()
     print("alexnet serve: stopped", flush=True)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    # lazy: per command (see the module doc)
     from .api import report
 
     out = report(args.run, data=args.data, split=args.split, out=args.out, device=args.device,
@@ -325,6 +391,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def record_score(checkpoint: str, metrics: dict[str, Any], by: str, split: str, data: str | None,
                  ten_crop: bool = False) -> None:
     """Keep the score in RUN/evaluations.json for `alexnet runs`; a read-only run folder only warns."""
+    # lazy: per command (see the module doc)
     from .runs import record_evaluation
 
     try:
@@ -334,6 +401,7 @@ def record_score(checkpoint: str, metrics: dict[str, Any], by: str, split: str, 
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
+    # lazy: per command (see the module doc)
     from .engine.lr_find import lr_find
 
     result = lr_find(train_config(args), args.out, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
@@ -342,7 +410,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
-    from .errors import AlexnetError
+    # lazy: per command (see the module doc)
     from .runs import find_runs, run_row, runs_table
 
     if not os.path.isdir(args.dir):
@@ -354,6 +422,7 @@ def cmd_runs(args: argparse.Namespace) -> None:
     elif not runs:
         print(f"no runs under {args.dir}")
     else:
+        # lazy: per command (see the module doc)
         from rich.console import Console
 
         # Piped output keeps whole lines (rich would otherwise fold the table to 80 columns).
@@ -362,6 +431,7 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    # lazy: per command (see the module doc)
     from .models import create_model, default_image_size
     from .summary import format_summary, summarize
 
@@ -375,12 +445,29 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    # lazy: per command (see the module doc)
     from .export import export_model
 
     result = export_model(args.checkpoint, args.out, formats=args.format, check=args.check,
-                          check_limit=args.check_limit)
+                          check_limit=args.check_limit, quantize=args.quantize, calibrate=args.calibrate,
+                          calibration_images=args.calibration_images, calibration_method=args.calibration_method,
+                          max_accuracy_drop=args.max_accuracy_drop)
     if result.parity is not None:
         print(f"check: {result.parity.summary()}")
+    int8 = result.config.get("int8")
+    if int8:
+        cal = int8["calibration"]
+        print(f"int8: {int8['method']} calibration on {cal['images']:,} images of the {cal['split']} split of "
+              f"{cal['data']}, per-channel weights{', reduce_range' if int8['reduce_range'] else ''} "
+              f"({int8['cpu']['description']})")
+        for line in result.int8.lines() if result.int8 else []:
+            print(line)
+        if not result.int8:
+            sp = int8["speed"]
+            print(f"int8 speed: {sp['fp32_images_s']:,.0f} images/s fp32, {sp['int8_images_s']:,.0f} int8 "
+                  f"({sp['ratio']:.2f}x)")
+        rec = int8["recommendation"]
+        print(f"precision on this CPU: {rec['precision']} ({rec['why']})")
     files = ", ".join(f"{name} ({size / 1e6:.1f} MB)" if size >= 1e5 else name for name, size in result.files.items())
     print(f"{'replaced the previous export in' if result.replaced else 'exported to'} {result.out}: {files}")
 
@@ -394,7 +481,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     called_at = None if argv is None else time.time()
     args = build_parser().parse_args(argv)
     args.started_at = called_at
-    from .errors import AlexnetError, TrainingStopped
 
     try:
         COMMANDS[args.command](args)
@@ -415,7 +501,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         # The `alexnet` command is about to exit: the interpreter's last collection would walk the ~300,000
         # objects torch's modules hold (0.6 s on the 2-core box); frozen, it skips them. Files are closed.
-        import gc
 
         gc.freeze()
     return 0

@@ -95,7 +95,7 @@ def check_options(classifier: Classifier, method: str, target: str | None, layer
     loaded = getattr(classifier, "loaded", None)
     if loaded is None:
         raise no_gradients(method)
-    from .saliency.cam import find_layer
+    from .saliency.cam import find_layer  # lazy: torch; occlusion on an ONNX graph never imports it
 
     return find_layer(loaded.model, layer)[0]
 
@@ -106,7 +106,7 @@ def saliency_maps(classifier: Classifier, images: np.ndarray, targets: np.ndarra
     if method == "occlusion":
         return occlusion_maps(classifier.probabilities, images, targets, fill_colour(classifier.spec.mean),
                               patch, stride, base=base)
-    from .saliency.cam import input_maps
+    from .saliency.cam import input_maps  # lazy: torch; occlusion on an ONNX graph never imports it
 
     return input_maps(classifier.loaded, images, targets, layer, method)
 
@@ -210,7 +210,7 @@ def write_explanations(results: Iterable[dict[str, Any]], out: str | os.PathLike
     def show(result: dict[str, Any]) -> None:
         line = result_line(result)
         if folder is not None:
-            from .saliency.overlay import overlay_title, write_overlay
+            from .saliency.overlay import overlay_title, write_overlay  # lazy: matplotlib, only with --out
 
             title = overlay_title(result["class"], result["probability"], result["method"])
             path = write_overlay(folder / names.take(result["image"], result["method"]), load_rgb(result["image"]),

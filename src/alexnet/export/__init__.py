@@ -12,7 +12,7 @@ __all__ = ["ExportResult", "export_model"]
 def __getattr__(name: str):
     # Lazy, so reading an exported folder's config (alexnet.export.folder) does not pay for torch and onnx.
     if name in __all__:
-        from . import build
+        from . import build  # lazy: torch and onnx; alexnet.export.folder stays torch-free
 
         return getattr(build, name)
     raise AttributeError(f"module 'alexnet.export' has no attribute {name!r}")

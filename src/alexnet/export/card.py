@@ -148,6 +148,12 @@ def files_table(config: dict[str, Any]) -> list[str]:
     described = {"model.onnx": f"one ONNX graph (opset {(config.get('onnx') or {}).get('opset')}): uint8 images in, "
                                "class probabilities out",
                  "model.safetensors": "the weights, for `alexnet.load_model` (torch)"}
+    for g in config.get("graphs") or []:
+        if g["file"] != "model.onnx":
+            what = "the same graph in 8-bit arithmetic" if g["precision"] == "int8" else "the same graph"
+            described[g["file"]] = (f"{what}, {g['views']} test-time view{'s' if g['views'] > 1 else ''} "
+                                    f"(`--precision {g['precision']} --views "
+                                    f"{'all' if g['file'] in ('model.onnx', 'model.int8.onnx') else g['views']}`)")
     rows = [f"| `{name}` | {described.get(name, '')}, {info['bytes'] / 1e6:.1f} MB |"
             for name, info in config.get("files", {}).items()]
     return ["| file | what |", "|---|---|", *rows,
@@ -163,6 +169,31 @@ def parity_section(parity: dict[str, Any] | None) -> list[str]:
             f"{parity['max_abs_diff']:.2e} (limit {parity['tolerance']:.0e}); top-1 agreed on "
             f"{parity['top1_agree']:,} of {parity['images']:,}; accuracy on them {percent(parity['accuracy_onnx'])} "
             f"(onnx), {percent(parity['accuracy_torch'])} (torch).", ""]
+
+
+def int8_section(int8: dict[str, Any] | None) -> list[str]:
+    if not int8:
+        return []
+    cal, cpu, speed, rec = int8["calibration"], int8["cpu"], int8["speed"], int8["recommendation"]
+    lines = ["## int8", "",
+             f"`model.int8.onnx`: onnxruntime static quantization ({int8['format']}) of the convolutions and "
+             f"fully-connected layers: weights {int8['weights']}, activations {int8['activations']}, ranges by "
+             f"{int8['method']} calibration on {cal['images']:,} images of the {cal['split']} split of "
+             f"`{cal['data']}` ({cal['selection']}){'; 7-bit weights (reduce_range)' if int8['reduce_range'] else ''}. "
+             f"Normalisation, resize, views and softmax stay fp32.", "",
+             f"Measured at export on {cpu['processor']} ({cpu['description']}): {speed['fp32_images_s']:,.0f} images/s "
+             f"fp32, {speed['int8_images_s']:,.0f} int8 ({speed['ratio']:.2f}x), batches of {speed['batch']}, "
+             f"{speed['threads']} threads."]
+    check = int8.get("check")
+    if check:
+        lines += ["", f"On {check['images']:,} images of the {check['split']} split of `{check['data']}`: accuracy "
+                      f"fp32 {percent(check['accuracy_fp32'])}, int8 {percent(check['accuracy_int8'])}; top-1 "
+                      f"agreement {check['top1_agree'] / check['images'] * 100:.2f}%; largest probability difference "
+                      f"{check['max_abs_diff']:.3f}; sizes {check['bytes_fp32'] / 1e6:.2f} MB and "
+                      f"{check['bytes_int8'] / 1e6:.2f} MB."]
+    lines += ["", f"`alexnet predict` and `alexnet serve` use **{rec['precision']}** by default on a CPU like that "
+                  f"one: {rec['why']}. `--precision fp32` or `--precision int8` chooses.", ""]
+    return lines
 
 
 def use_section(config: dict[str, Any], graph: bool) -> list[str]:
@@ -189,5 +220,5 @@ def model_card(config: dict[str, Any]) -> str:
            "", *input_section(config, graph),
            "## Training", "", *training_lines(config["run"], config.get("training", {})), "",
            "## Accuracy", "", accuracy_text(config.get("metrics") or {}), "",
-           *parity_section(config.get("parity")), *use_section(config, graph)]
+           *parity_section(config.get("parity")), *int8_section(config.get("int8")), *use_section(config, graph)]
     return "\n".join(out)

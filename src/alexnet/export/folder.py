@@ -3,6 +3,8 @@
     DIR/config.json        what the model is and how to feed it ("format": "alexnet-model")
     DIR/model.safetensors  the weights (no pickle)
     DIR/model.onnx         one graph: uint8 images (N, S, S, 3) in, class probabilities (N, C) out
+    DIR/model.int8.onnx    the same graph in 8-bit arithmetic (`--quantize int8`)
+    DIR/model[.int8].views-K.onnx   the same with K test-time views (1 or 2) when the run used more
     DIR/README.md          the model card
 
 Reading the config needs no torch (an onnxruntime service uses it); reading the weights imports torch lazily.
@@ -26,8 +28,16 @@ VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 GRAPH = "model.onnx"
+INT8_GRAPH = "model.int8.onnx"
 CARD = "README.md"
 FORMATS = ("onnx", "safetensors")  # what `--format` may name; config.json and the card are always written
+
+
+def graph_file(precision: str, passes: int, all_passes: int) -> str:
+    """The file of the graph in `precision` ("fp32" or "int8") with `passes` test-time views, the run's own
+    being `all_passes`: model.onnx, model.int8.onnx, model.views-1.onnx, model.int8.views-2.onnx, ..."""
+    stem = "model.int8" if precision == "int8" else "model"
+    return f"{stem}.onnx" if passes == all_passes else f"{stem}.views-{passes}.onnx"
 
 
 def read_json_dict(path: Path) -> dict[str, Any] | None:
@@ -69,6 +79,7 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 def read_model_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """An exported folder as the checkpoint-like dict `inference.load_model` builds a model from."""
+    # lazy: safetensors.torch imports torch; reading config.json must not
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import io
 import logging
 import warnings
@@ -27,8 +28,6 @@ EXTRA = "pip install 'alexnet[export]'"
 
 def require(*modules: str) -> None:
     """Import the optional export dependencies up front, so a missing one is one line naming the extra."""
-    import importlib
-
     for name in modules:
         try:
             importlib.import_module(name)

@@ -13,6 +13,7 @@ from torch import nn
 from ..engine.evaluation import stacked_views
 from ..inference import LoadedModel, eval_data, load_model, probabilities, saved_probabilities
 from ..metrics import classification_metrics
+from ..saliency import cam
 from .heatmaps import Explainer
 from .html import write_report
 
@@ -29,11 +30,9 @@ def gradcam_explainer(loaded: LoadedModel) -> Explainer | None:
     """Grad-CAM on the model's last convolution (its rectified maps) through the code `alexnet explain` runs (`saliency.cam.input_maps`:
     the run's normalisation and test-time views), with the layer's grid side for the caption; None for a model
     without convolutions, whose report then goes without maps rather than failing."""
-    from ..saliency.cam import conv_layers, find_layer, input_maps
-
-    if not conv_layers(loaded.model):
+    if not cam.conv_layers(loaded.model):
         return None
-    layer, module = find_layer(loaded.model)
+    layer, module = cam.find_layer(loaded.model)
     side, train = loaded.spec.image_size, loaded.config.train
     grids: list[int] = []
     handle = module.register_forward_hook(lambda m, i, output: grids.append(int(output.shape[-1])))
@@ -43,7 +42,7 @@ def gradcam_explainer(loaded: LoadedModel) -> Explainer | None:
     finally:
         handle.remove()
     views = len(stacked_views(torch.zeros(1, 3, side, side), train.tta, train.tta_shift)[1])
-    return Explainer(lambda images, targets: input_maps(loaded, images, targets, layer, "gradcam"),
+    return Explainer(lambda images, targets: cam.input_maps(loaded, images, targets, layer, "gradcam"),
                      "Grad-CAM", layer, grids[0] if grids else None, side, views)
 
 

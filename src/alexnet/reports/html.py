@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from alexnet.jsonio import json_text
+from alexnet.metrics import chance_sentence
 from alexnet.reports.gallery import most_confused, plot_confused_pairs, plot_examples, plot_filters, select_examples
 from alexnet.reports.heatmaps import Explainer, examples_note, explain_shown, pair_caption, plot_pair_maps
 from alexnet.reports.plots import (
@@ -287,9 +288,7 @@ class _Page:
                             if chance else "")
         self.chance_warning = ""
         if chance and not chance["better"]:
-            from ..metrics import chance_sentence
-
-            self.chance_warning = chance_sentence(float(metrics["accuracy"]), int(metrics["num_samples"]), chance)
+                    self.chance_warning = chance_sentence(float(metrics["accuracy"]), int(metrics["num_samples"]), chance)
 
     # -- HTML ---------------------------------------------------------------
     def html(self, pictures: Mapping[str, Path]) -> str:

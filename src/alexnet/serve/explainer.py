@@ -62,7 +62,7 @@ def gradient_passes(classifier: Classifier) -> dict[str, MapPass]:
 
     def gradient_pass(method: str) -> MapPass:
         def maps(images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-            from ..saliency.cam import input_maps
+            from ..saliency.cam import input_maps  # lazy: torch, for Grad-CAM on a torch model only
 
             return input_maps(loaded, images, targets, None, method)  # the rectified last convolution, as explain's default
 
@@ -169,7 +169,7 @@ class Explainer:
         record: dict[str, Any] = {"image": name, "predictions": predictions, "class": cls,
                                   "probability": probability, "method": options.method}
         if options.overlay:
-            from ..saliency.overlay import overlay_png, overlay_title
+            from ..saliency.overlay import overlay_png, overlay_title  # lazy: matplotlib, for the picture only
 
             with self._drawing:
                 png = overlay_png(picture, heatmap, overlay_title(cls, probability, options.method))

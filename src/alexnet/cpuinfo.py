@@ -1,0 +1,50 @@
+"""What this CPU offers 8-bit arithmetic, read without torch (an onnxruntime service never imports it).
+
+int8 pays where the CPU has 8-bit dot-product instructions: VNNI (AVX512_VNNI, AVX-VNNI) or AMX. On AVX2 alone
+the 8-bit kernels multiply with vpmaddubsw, whose 16-bit sums can saturate: onnxruntime's `reduce_range`
+(7-bit weights) avoids that at some cost in precision, and the speed-up is smaller.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+__all__ = ["INT8_CLASSES", "cpu_flags", "int8_class", "int8_description"]
+
+# Best first: the class names a config.json records and compares.
+INT8_CLASSES = ("amx", "vnni", "avx2", "other")
+DESCRIPTIONS = {"amx": "AMX (AMX-INT8 tiles)", "vnni": "VNNI (8-bit dot products)",
+                "avx2": "AVX2 without VNNI (8-bit products through 16-bit sums)", "other": "no AVX2"}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def int8_class(flags: frozenset[str] | None = None) -> str:
+    """"amx", "vnni", "avx2" or "other": what 8-bit arithmetic this CPU has (see the module's doc)."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_int8" in flags:
+        return "amx"
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return "vnni"
+    if "avx2" in flags:
+        return "avx2"
+    if not flags and platform.machine().lower() in ("arm64", "aarch64"):
+        return "other"
+    return "other"
+
+
+def int8_description(cls: str) -> str:
+    return DESCRIPTIONS.get(cls, cls)
