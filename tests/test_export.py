@@ -336,3 +336,36 @@ def test_exporting_again_replaces_a_previous_export(exported, trained_run, tmp_p
     assert f"replaced the previous export in {out}" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert leftovers(tmp_path) == []
+
+
+def test_a_batch_norm_behind_a_pool_folds_into_its_convolution_only_when_that_is_exact():
+    from alexnet.export.graph import fold_pooled_batchnorm
+
+    torch.manual_seed(0)
+
+    def network(scale_sign: float) -> nn.Module:
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(4), nn.ReLU(),
+                            nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()).eval()
+        for bn in (net[2], net[5]):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.data = torch.rand(4) + 0.1
+            bn.bias.data.normal_()
+        net[2].weight.data[1] *= scale_sign
+        return net
+
+    x = torch.randn(5, 3, 8, 8)
+    for sign, folds in ((1.0, True), (-1.0, False)):
+        net = network(sign)
+        with torch.no_grad():
+            expected = net(x)
+            assert fold_pooled_batchnorm(net) == 1 + folds
+            got = net(x)
+        assert isinstance(net[5], nn.Identity)  # directly after a convolution: always exact
+        assert isinstance(net[2], nn.Identity if folds else nn.BatchNorm2d)
+        assert torch.allclose(got, expected, atol=1e-5)
+        # max(a x + b) = a max(x) + b needs a > 0: with a negative a, moving the norm would change the output.
+        if not folds:
+            moved = nn.Sequential(net[0], net[2], net[1]).eval()
+            with torch.no_grad():
+                assert not torch.allclose(moved(x), net[2](net[1](net[0](x))), atol=1e-3)

@@ -245,3 +245,13 @@ def test_serve_answers_with_the_chosen_precision_and_views(int8_export, tiny_fol
             got = {p["class"]: p["probability"] for p in answer["predictions"]}
             assert answer["predictions"][0]["class"] == CLASSES[int(row.argmax())]
             assert max(abs(got[c] - row[i]) for i, c in enumerate(CLASSES)) < 1e-5
+
+
+def test_minmax_calibration_folds_its_batches_without_emptying_the_calibrator_at_the_end():
+    from alexnet.export.quantize import fold_every
+
+    for batches in range(1, 3000):
+        k = fold_every(batches, "minmax")
+        # onnxruntime raises "No data is collected" when the last batch empties its buffer of k batches.
+        assert k is None and batches <= 8 or 8 <= k < batches and batches % k, batches
+    assert fold_every(100, "entropy") is None and fold_every(100, "percentile") is None

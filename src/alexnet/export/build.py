@@ -249,7 +249,7 @@ def recommend(cls: str, speed: dict[str, Any], checked: Int8Check | None) -> dic
                 "why": f"int8 ran at {ratio:.2f}x fp32's images/s on this CPU ({int8_description(cls)}): not worth it"}
     return {"precision": "int8", "int8_class": cls,
             "why": f"int8 measured {ratio:.2f}x fp32's images/s on a CPU with {int8_description(cls)}, "
-                   f"{checked.drop_points:+.2f} points of accuracy lost on {checked.images:,} held-out images"}
+                   f"{checked.drop_points:.2f} points of accuracy lost on {checked.images:,} held-out images"}
 
 
 def cpu_name() -> str:

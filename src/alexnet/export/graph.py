@@ -35,6 +35,43 @@ def require(*modules: str) -> None:
             raise AlexnetError(f"{name} is not installed; ONNX export and its check need it: {EXTRA}") from None
 
 
+@torch.no_grad()
+def fold_pooled_batchnorm(model: nn.Module) -> int:
+    """Fold each batch norm that follows a convolution, directly or through max-pools (conv -> pool -> bn, as
+    the CIFAR networks order them), into that convolution, in place; returns how many were folded.
+
+    A batch norm in eval mode is y = a * x + b per channel; max-pooling commutes with it wherever a > 0
+    (max(a * x + b) = a * max(x) + b), so conv -> pool -> bn equals conv' -> pool with conv' = a * conv + b.
+    A norm with any a <= 0 stays as it is. onnxruntime folds a norm directly after a convolution itself, but
+    not one behind a pool: there it costs a pass over the activations, and in an int8 graph a dequantize,
+    a layout change and a quantize around it.
+    """
+    folded = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        conv = None
+        for name, layer in list(seq.named_children()):
+            if isinstance(layer, nn.Conv2d):
+                conv = layer
+            elif isinstance(layer, nn.MaxPool2d) and conv is not None:
+                continue
+            elif (isinstance(layer, nn.BatchNorm2d) and conv is not None and not layer.training
+                  and layer.running_var is not None):
+                scale = torch.rsqrt(layer.running_var + layer.eps)
+                if layer.weight is not None:
+                    scale = scale * layer.weight
+                shift = -layer.running_mean * scale + (layer.bias if layer.bias is not None else 0)
+                if bool((scale > 0).all()):
+                    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+                    conv.bias = nn.Parameter(bias * scale + shift)
+                    setattr(seq, name, nn.Identity())
+                    folded += 1
+                conv = None
+            else:
+                conv = None
+    return folded
+
+
 class InferenceGraph(nn.Module):
     """uint8 RGB images (N, S, S, 3) -> probabilities (N, C): the exported graph, built from the project's own
     input step (`Normalizer`, as every loader feeds the model) and test-time views (`view_logits`, as
@@ -44,6 +81,7 @@ class InferenceGraph(nn.Module):
         super().__init__()
         # A contiguous-format copy: the loaded model may be channels-last, which ONNX has no notion of.
         self.model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).float().eval()
+        fold_pooled_batchnorm(self.model)
         self.normalize = Normalizer(list(spec.mean), list(spec.std), spec.image_size, torch.device("cpu"),
                                     channels_last=False)
         self.tta, self.tta_shift = tta, tta_shift

@@ -40,7 +40,7 @@ class _Images:
         batch = min(batch, len(images))
         total = -(-len(images) // batch) * batch
         padded = np.concatenate([images, images[:total - len(images)]]) if total > len(images) else images
-        self.used = len(images)
+        self.used, self.batches_total = len(images), total // batch
         self.batches = iter([padded[i:i + batch] for i in range(0, total, batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -65,6 +65,15 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
+def fold_every(batches: int, method: str) -> int | None:
+    """How many batches minmax calibration keeps before folding them into its ranges, so memory does not grow
+    with the images (entropy and percentile keep every batch until their histograms are built: None). Never a
+    divisor of `batches`: onnxruntime's calibrator finds nothing to fold after a last batch that emptied it."""
+    if method != "minmax" or batches <= 8:
+        return None
+    return next(k for k in range(8, batches) if batches % k)
+
+
 def quantize_graph(fp32: Path, out: Path, images: np.ndarray, method: str = "minmax", reduce_range: bool = False,
                    batch: int = 32) -> dict[str, Any]:
     """Write `out`, the int8 form of the graph `fp32`, calibrated on `images` (uint8 (N, S, S, 3)).
@@ -86,13 +95,17 @@ def quantize_graph(fp32: Path, out: Path, images: np.ndarray, method: str = "min
         # Shape inference and constant folding first, so that every layer's tensors are known to the quantizer.
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         reader = _Images(images, batch)
-        quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=reduce_range,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
-                        # minmax folds its ranges every 8 batches, so memory does not grow with the images;
-                        # entropy and percentile keep every batch's activations until their histograms are built.
-                        extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False,
-                                       "CalibMaxIntermediateOutputs": 8 if method == "minmax" else None})
+        try:
+            quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=reduce_range,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=calibrate,
+                            extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False,
+                                           "CalibMaxIntermediateOutputs": fold_every(reader.batches_total, method)})
+        except (ValueError, RuntimeError, KeyError) as e:  # onnxruntime's own errors for a graph it cannot take
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise AlexnetError(f"int8 quantization of {fp32.name} failed ({type(e).__name__}: {first}); the fp32 "
+                               "graph is unaffected: export without --quantize") from None
     return {"method": method, "per_channel": True, "reduce_range": reduce_range, "format": "QDQ",
             "weights": "int8, per output channel, symmetric", "activations": "uint8, per tensor",
             "operators": list(QUANTIZED_OPS), "calibration_images": reader.used}
