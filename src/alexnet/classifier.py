@@ -105,9 +105,11 @@ class Classifier:
     def input_side(self) -> int:
         return self.spec.input_side
 
-    def prepare(self, data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
-        """An encoded image (any format `alexnet predict` reads) -> uint8 (S, S, 3), as predict prepares it."""
-        return prepare_bytes(data, name, self.spec, max_pixels)
+    def prepare(self, data: bytes, name: str, max_pixels: int | None = None,
+                size: tuple[int, int] | None = None) -> np.ndarray:
+        """An encoded image (any format `alexnet predict` reads) -> uint8 (S, S, 3), as predict prepares it.
+        `size`: the (width, height) its header declares, when already read."""
+        return prepare_bytes(data, name, self.spec, max_pixels, size)
 
     def prepare_file(self, path: str | os.PathLike[str]) -> np.ndarray:
         return prepare_image(path, self.spec)

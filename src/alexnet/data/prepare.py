@@ -109,39 +109,47 @@ def prepare_image(path: str | os.PathLike[str], spec: InputSpec) -> np.ndarray:
     return prepare_pixels(load_rgb(path), spec)
 
 
-def check_pixels(data: bytes, name: str, max_pixels: int) -> None:
-    """Refuse (ImageLimitError) an encoded image whose header declares more than `max_pixels` pixels, before
-    anything is decoded. A header that cannot be read passes: the decoder then says what is wrong."""
-    size = None
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) an encoded image's header declares, read without decoding its pixels; None when the
+    header cannot be read (the decoder then says what is wrong). PIL's DecompressionBombError passes through."""
     if simplejpeg is not None and data.startswith(b"\xff\xd8\xff"):
         try:
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-            size = (int(width), int(height))
+            return int(width), int(height)
         except ValueError:
             pass
-    if size is None:
-        try:
-            with Image.open(io.BytesIO(data)) as img:  # reads the header only
-                size = img.size
-        except Image.DecompressionBombError:  # PIL's own ceiling, far above any sane limit
-            raise ImageLimitError(f"image {name} has too many pixels (over PIL's limit of "
-                                  f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,}); send a smaller image") from None
-        except Exception:  # noqa: BLE001 - not an image, truncated header ...: the decoder names the reason
-            return
-    if size[0] * size[1] > max_pixels:
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            return img.size
+    except Image.DecompressionBombError:
+        raise
+    except Exception:  # noqa: BLE001 - not an image, truncated header ...: the decoder names the reason
+        return None
+
+
+def check_pixels(data: bytes, name: str, max_pixels: int, size: tuple[int, int] | None = None) -> None:
+    """Refuse (ImageLimitError) an encoded image whose header declares more than `max_pixels` pixels, before
+    anything is decoded. A header that cannot be read passes: the decoder then says what is wrong. `size`: the
+    header's (width, height) when the caller has read it already."""
+    try:
+        size = size or declared_size(data)
+    except Image.DecompressionBombError:  # PIL's own ceiling, far above any sane limit
+        raise ImageLimitError(f"image {name} has too many pixels (over PIL's limit of "
+                              f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,}); send a smaller image") from None
+    if size is not None and size[0] * size[1] > max_pixels:
         raise ImageLimitError(f"image {name} has {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, over the "
                               f"limit of {max_pixels:,}; send a smaller image")
 
 
 def prepare_bytes(data: bytes, name: str | os.PathLike[str], spec: InputSpec,
-                  max_pixels: int | None = None) -> np.ndarray:
+                  max_pixels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
     """The encoded bytes of an image file -> what `prepare_image` gives for that file; errors name `name`.
 
     With `max_pixels`, an image whose header declares more pixels is refused (ImageLimitError) before its
-    pixels are decoded.
+    pixels are decoded; `size`: the header's (width, height) when the caller has read it (`declared_size`).
     """
     if max_pixels is not None:
-        check_pixels(data, str(name), max_pixels)
+        check_pixels(data, str(name), max_pixels, size)
     if spec.kind == "memory":
         return decode_square(data, spec.store_size, str(name))  # libjpeg-turbo for plain JPEGs, same pixels
     try:
