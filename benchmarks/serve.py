@@ -281,22 +281,24 @@ def format_table(cases: list[dict], latency: list[dict], matmul: dict, host: dic
 
 def target_lines(cases: list[dict]) -> list[str]:
     """The serving targets for the default network on the 2-core box, met or not, per backend and precision:
-    >= 1,000 predictions/s at p99 <= 100 ms with the run's own views, >= 2,000 with int8 or fewer views (the
-    accuracy each costs beside it), and batching on >= 3x off."""
+    >= 1,000 predictions/s at p99 <= 100 ms with the run's own views (whatever the precision), >= 2,000 with
+    int8 or fewer views (the accuracy each costs beside it), and batching on >= 3x off."""
     out = []
     for c in cases:
         if c["network"] != "cifar10" or not c["batching"]:
             continue
-        full = c["views"] == "all" and c["precision"] == "fp32"
-        rate = TARGETS["predictions_s"] if full else TARGETS["cheaper_predictions_s"]
-        ok = c["predictions_s"] >= rate and c["p99_ms"] <= TARGETS["p99_ms"] and c["errors"] == 0
+        rates = ([TARGETS["predictions_s"]] if c["views"] == "all" else []) + (
+            [TARGETS["cheaper_predictions_s"]] if c["views"] != "all" or c["precision"] == "int8" else [])
         off = next((o for o in cases if o["network"] == "cifar10" and not o["batching"]
                     and (o["backend"], o["precision"], o["views"]) == (c["backend"], c["precision"], c["views"])), None)
         gain = c["predictions_s"] / off["predictions_s"] if off and off["predictions_s"] else None
         cost = (f", accuracy {c['accuracy'] * 100:.2f}%" if c.get("accuracy") is not None else "")
-        out.append(f"target cifar10/{c['backend']} {c['precision']} views {c['views']}, batching on: >= {rate:,} "
-                   f"pred/s, p99 <= {TARGETS['p99_ms']} ms, 0 errors: {'met' if ok else 'missed'} "
-                   f"({c['predictions_s']:,.0f}/s, p99 {c['p99_ms']:.0f} ms, {c['errors']} errors{cost})"
+        ok = c["p99_ms"] <= TARGETS["p99_ms"] and c["errors"] == 0
+        verdicts = ", ".join(f">= {rate:,}/s: {'met' if ok and c['predictions_s'] >= rate else 'missed'}"
+                             for rate in rates)
+        out.append(f"target cifar10/{c['backend']} {c['precision']} views {c['views']}, batching on, p99 <= "
+                   f"{TARGETS['p99_ms']} ms, 0 errors: {verdicts} ({c['predictions_s']:,.0f}/s, p99 "
+                   f"{c['p99_ms']:.0f} ms, {c['errors']} errors{cost})"
                    + (f"; batching on / off = {gain:.1f}x (target >= {TARGETS['batching_gain']}x)" if gain else ""))
     return out
 

@@ -16,10 +16,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def bench():
     sys.path.insert(0, str(BENCH))
     try:
-        yield {name: importlib.import_module(name) for name in ("matmul", "throughput", "time_to_accuracy")}
+        yield {name: importlib.import_module(name) for name in ("matmul", "throughput", "time_to_accuracy", "serve")}
     finally:
         sys.path.remove(str(BENCH))
-        for name in ("matmul", "throughput", "time_to_accuracy"):
+        for name in ("matmul", "throughput", "time_to_accuracy", "serve"):
             sys.modules.pop(name, None)
 
 
@@ -206,3 +206,19 @@ def test_merge_combines_seeds_from_separate_result_files(bench, tmp_path, capsys
     with pytest.raises(SystemExit):
         tta.main(["--merge", str(other), "--json", str(out), "--png", str(png)])
     assert f"--merge {other}: not a time_to_accuracy.py result file" in capsys.readouterr().err
+
+
+def test_serve_targets_hold_full_views_to_1000_and_int8_or_fewer_views_to_2000(bench):
+    def case(precision, views, rate, p99=50.0, errors=0, batching=True):
+        return {"network": "cifar10", "backend": "onnx", "precision": precision, "views": views, "passes": 6,
+                "batching": batching, "predictions_s": rate, "p99_ms": p99, "errors": errors, "accuracy": 0.857}
+
+    lines = bench["serve"].target_lines([
+        case("fp32", "all", 990.0), case("int8", "all", 1240.0), case("int8", "all", 400.0, batching=False),
+        case("fp32", "1", 2100.0, p99=120.0), case("int8", "2", 2008.0), case("fp32", "2", 2500.0, errors=1)])
+    assert len(lines) == 5  # batching off is the divisor of the gain, not a target of its own
+    assert ">= 1,000/s: missed (990/s" in lines[0]
+    assert ">= 1,000/s: met, >= 2,000/s: missed (1,240/s" in lines[1] and "batching on / off = 3.1x" in lines[1]
+    assert ">= 2,000/s: missed (2,100/s, p99 120 ms" in lines[2]  # fast enough, but not within 100 ms
+    assert ">= 2,000/s: met (2,008/s" in lines[3] and "accuracy 85.70%" in lines[3]
+    assert ">= 2,000/s: missed (2,500/s, p99 50 ms, 1 errors" in lines[4]

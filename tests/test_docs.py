@@ -51,7 +51,8 @@ NOT_RUN = {
     "start it and use it",
     "curl -F file=@my_photos/test/cat/0001.jpg http://127.0.0.1:8000/predict": "needs the server above; "
     "tests/test_serve.py posts the same multipart upload",
-    "python benchmarks/serve.py -d 10 --image cat.jpg": "trains two models and loads a server for minutes",
+    "python benchmarks/serve.py -d 10 --cases cifar10 --run-cifar10 RUN --data cifar10-jpeg-train.tar.gz": "needs "
+    "a trained cifar10 run and loads a server for minutes",
     "python benchmarks/faults.py": "about ten minutes of signals, kills, full disks and hostile files; "
     "tests/test_faults_suite.py runs its quick part",
     "alexnet train --data cifar10 --out runs/c10": "downloads CIFAR-10 and trains for minutes",
