@@ -255,3 +255,21 @@ def test_minmax_calibration_folds_its_batches_without_emptying_the_calibrator_at
         # onnxruntime raises "No data is collected" when the last batch empties its buffer of k batches.
         assert k is None and batches <= 8 or 8 <= k < batches and batches % k, batches
     assert fold_every(100, "entropy") is None and fold_every(100, "percentile") is None
+
+
+def test_evaluate_measures_the_graph_of_the_precision_and_views_asked_for(int8_export, tiny_folder, capsys):
+    out, _ = int8_export
+    spec = alexnet.load_model(out, "cpu").spec
+    files = sorted((tiny_folder / "test").rglob("*.png"))  # a held-out folder's test split: its test/ images
+    labels = np.array([CLASSES.index(f.parent.name) for f in files])
+    pixels = np.stack([prepare_image(f, spec) for f in files])
+    for precision, views, graph in (("int8", "all", "model.int8.onnx"), ("int8", "1", "model.int8.views-1.onnx"),
+                                    ("fp32", "2", "model.views-2.onnx")):
+        expected = (session_probabilities(out / graph, pixels).argmax(1) == labels).mean()
+        metrics = alexnet.evaluate(out, data=str(tiny_folder), split="test", backend="onnx", precision=precision,
+                                   views=views)
+        assert metrics["num_samples"] == len(files) and metrics["accuracy"] == pytest.approx(expected)
+        assert (metrics["precision"], metrics["views"]["passes"]) == (precision, 1 if views == "1" else
+                                                                      2 if views == "2" else metrics["views"]["passes"])
+    assert cli.main(["evaluate", str(out), "--data", str(tiny_folder), "--precision", "int8", "--views", "1"]) == 0
+    assert "(onnx int8, 1 view)" in capsys.readouterr().out

@@ -8,11 +8,15 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from .classifier import Classifier
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, preset_config
 from .errors import AlexnetError
-from .inference import LoadedModel, evaluate, load_model
+from .inference import LoadedModel, eval_data, load_model
+from .inference import evaluate as evaluate_loaded
 from .inference import predict as predict_loaded
+from .metrics import classification_metrics
 from .runtime import load_classifier
 
 __all__ = ["train", "evaluate", "predict", "explain", "report", "load_model"]
@@ -89,6 +93,34 @@ def absolute_source(cfg: RunConfig) -> RunConfig:
 
 def load_config_dict(run: Path) -> dict[str, Any]:
     return json.loads((Path(run) / "config.json").read_text())["config"]
+
+
+def evaluate(checkpoint: str | os.PathLike[str], data: str | None = None, split: str = "test",
+             device: str = "auto", batch_size: int = 256, ten_crop: bool = False, backend: str | None = None,
+             precision: str = "fp32", views: str | int = "all") -> dict[str, Any]:
+    """Accuracy, top-5, per-class scores and confusion matrix of a model on a split of `data` (default: the data
+    it was trained on).
+
+    By default the torch model in the run's own arithmetic and views. `backend="onnx"`, `precision="int8"` (which
+    implies onnx) or `views=1|2` evaluate what `predict` and `serve` would run with those choices instead (an exported folder's
+    graph, the same uint8 pixels in), through `alexnet.runtime.load_classifier`; the metrics then say which.
+    """
+    backend = backend or ("onnx" if precision == "int8" else "torch")
+    if backend == "torch" and precision == "fp32" and str(views) == "all":
+        return evaluate_loaded(checkpoint, data, split, device, batch_size, ten_crop)
+    if ten_crop:
+        raise AlexnetError("--ten-crop evaluates the torch model with its own views; drop --backend onnx, "
+                           "--precision int8 and --views")
+    classifier = load_classifier(checkpoint, backend, device, precision=precision, views=views)
+    loaded = load_model(checkpoint, "cpu")  # the split and the classes, from the run's own config
+    ev = eval_data(loaded, data, split, batch_size)
+    n = len(ev.labels)
+    probs = [classifier.probabilities(ev.fetch_images(np.arange(i, min(n, i + batch_size))))
+             for i in range(0, n, batch_size)]
+    metrics = classification_metrics(np.concatenate(probs) if probs else np.zeros((0, len(loaded.classes))),
+                                     ev.labels, loaded.classes)
+    return {**metrics, "backend": classifier.backend, "precision": classifier.precision,
+            "views": dict(classifier.views)}
 
 
 def predict(model: Any, images: Sequence[str | os.PathLike[str]], top_k: int = 5, device: str = "auto",

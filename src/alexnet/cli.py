@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", metavar="FILE", help="also write the metrics as JSON ('-' = stdout only)")
     e.add_argument("--ten-crop", action="store_true", help="average the paper's ten crops (streamed models)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--backend", choices=["torch", "onnx"],
+                   help="torch (the default for fp32: the run's own arithmetic) or onnx (an exported folder's "
+                        "graph; the default for --precision int8)")
+    e.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: the exported folder's model.int8.onnx (alexnet export --quantize int8)")
+    e.add_argument("--views", choices=["all", "1", "2"], default="all",
+                   help="test-time views per image: all = the run's own (default), 1 or 2")
 
     pr = sub.add_parser("predict", help="top-k classes of image files, folders or globs")
     pr.add_argument("checkpoint", metavar="MODEL", help="a run folder, RUN/best.pt or an exported model folder")
@@ -283,12 +290,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .tables import format_metrics
 
     metrics = evaluate(args.checkpoint, data=args.data, split=args.split, device=args.device,
-                       ten_crop=args.ten_crop)
-    record_score(args.checkpoint, metrics, "evaluate", args.split, args.data, args.ten_crop)
+                       ten_crop=args.ten_crop, backend=args.backend, precision=args.precision, views=args.views)
+    own = args.backend in (None, "torch") and args.precision == "fp32" and args.views == "all"
+    if own:  # the run's own score
+        record_score(args.checkpoint, metrics, "evaluate", args.split, args.data, args.ten_crop)
     if args.json == "-":
         print(json_text(metrics))
         return
-    print(format_metrics(metrics, f"{args.checkpoint} on the {args.split} split"))
+    how = "" if own else (
+        f" ({metrics['backend']} {metrics['precision']}, {metrics['views']['passes']} view"
+        f"{'s' if metrics['views']['passes'] > 1 else ''})")
+    print(format_metrics(metrics, f"{args.checkpoint} on the {args.split} split{how}"))
     if args.json:
         write_json(args.json, metrics)
 

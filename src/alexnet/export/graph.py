@@ -93,9 +93,11 @@ class InferenceGraph(nn.Module):
 
 
 @contextlib.contextmanager
-def quiet_exporter() -> Iterator[None]:
-    """The exporter logs skipped torchvision operators and deprecation notes: noise for a user of `export`."""
-    logger = logging.getLogger("torch.onnx")
+def quiet_exporter(logger_name: str = "torch.onnx") -> Iterator[None]:
+    """Logs below errors, warnings and prints silenced: the exporter logs skipped torchvision operators and
+    deprecation notes, the quantizer (logger_name="": the root logger) every tensor it leaves alone; noise for a
+    user of `export`."""
+    logger = logging.getLogger(logger_name or None)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:

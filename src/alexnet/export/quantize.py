@@ -12,18 +12,14 @@ On a CPU without VNNI or AMX the 8-bit products go through 16-bit sums that can 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
-import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..errors import AlexnetError
-from .graph import INPUT, require
+from .graph import INPUT, quiet_exporter, require
 
 __all__ = ["METHODS", "QUANTIZED_OPS", "quantize_graph"]
 
@@ -51,20 +47,6 @@ class _Images:
         pass
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The quantizer logs and warns about every tensor it leaves alone: noise for a user of `export`."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def fold_every(batches: int, method: str) -> int | None:
     """How many batches minmax calibration keeps before folding them into its ranges, so memory does not grow
     with the images (entropy and percentile keep every batch until their histograms are built: None). Never a
@@ -90,7 +72,7 @@ def quantize_graph(fp32: Path, out: Path, images: np.ndarray, method: str = "min
 
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
-    with tempfile.TemporaryDirectory(prefix="alexnet-int8-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="alexnet-int8-") as tmp, quiet_exporter(""):
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference and constant folding first, so that every layer's tensors are known to the quantizer.
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
