@@ -46,8 +46,11 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
     """Train and return the run folder, e.g. `train(data="cifar10", epochs=3, out="runs/demo")`.
 
     `options` are any DataConfig/ModelConfig/TrainConfig field (`data` and `model` name the source and network).
-    With `resume=RUN` the run continues exactly; only `epochs` and `device` may change (and `time_limit=0`
-    continues a time-limited run by steps). `started_at`
+    With `resume=RUN` the run continues exactly: an option that leaves its results as they are (`save_every`,
+    `save_every_steps`, `workers`, `report`, `tensorboard`, `early_stop`, `min_delta`, `epochs`, `device`;
+    `time_limit=0` continues a time-limited run by steps) takes effect and is recorded in RUN/config.json; one
+    that would change them raises AlexnetError before any work, unless it has the run's own value (None: not
+    given). docs/training.md lists which is which, and why. `started_at`
     (time.time()) is when a `time_limit` starts counting: default now. `callbacks`: objects with the hooks of
     `alexnet.engine.callbacks.Callback`, called by the training loop. On SIGTERM/SIGINT training stops after the
     step in progress, saves its position and raises `alexnet.errors.TrainingStopped`: `resume=RUN` continues it.
@@ -58,13 +61,11 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
 
     try:
         if resume is not None:
-            extra = set(options) - {"epochs", "device", "time_limit"}
-            if extra or config is not None or preset is not None:
-                raise AlexnetError(f"--resume continues a run with its own config; only --epochs, --device and "
-                                   f"--time-limit 0 may change (got {', '.join(sorted(extra)) or 'a config'})")
-            run = run_training(None, resume=resume, epochs=options.get("epochs"), device=options.get("device"),
-                               stop_after_epoch=stop_after_epoch, progress=progress,
-                               time_limit=options.get("time_limit"), started_at=started_at,
+            if config is not None:
+                raise AlexnetError("resume=RUN continues a run with its own config; pass options (such as "
+                                   "save_every_steps=100), not a config")
+            run = run_training(None, out, resume=resume, options=options_to_overrides(options), preset=preset,
+                               stop_after_epoch=stop_after_epoch, progress=progress, started_at=started_at,
                                callbacks=tuple(callbacks))
         else:
             cfg = absolute_source(apply_overrides(config or preset_config(preset), options_to_overrides(options)))
@@ -80,6 +81,13 @@ def train(config: RunConfig | None = None, *, out: str | Path | None = None, pre
     if cfg.train.report and (run / "best.pt").exists():
         report(run, split="val" if cfg.data.val_split > 0 else "train", quiet=not progress)
     return run
+
+
+def overrides_to_options(overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The inverse of `options_to_overrides`: {"data": {"source": D}, ...} as train()'s keywords (data=D, ...)."""
+    names = {v: k for k, v in ALIASES.items()}
+    return {names.get((section, field), field): value
+            for section, values in overrides.items() for field, value in values.items()}
 
 
 def absolute_source(cfg: RunConfig) -> RunConfig:

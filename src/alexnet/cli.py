@@ -259,7 +259,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     # A cold image archive is decoded by a child while this process imports torch (data/prefetch.py).
     with cache_warming(cfg.data) if cfg is not None else contextlib.nullcontext():
         # lazy: per command (see the module doc)
-        from .api import train
+        from .api import overrides_to_options, train
         from .engine.optim import preload_compiler_hooks
 
         preload_compiler_hooks()
@@ -269,9 +269,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     import psutil
 
     started = args.started_at if args.started_at is not None else psutil.Process().create_time()
-    if args.resume:
-        run = train(resume=args.resume, epochs=args.epochs, device=args.device, time_limit=args.time_limit,
-                    stop_after_epoch=args.stop_after_epoch, progress=not args.quiet, started_at=started)
+    if args.resume:  # the flags given: those that would change the run's results are refused (resume_options.py)
+        run = train(resume=args.resume, out=args.out, preset=args.preset, stop_after_epoch=args.stop_after_epoch,
+                    progress=not args.quiet, started_at=started, **overrides_to_options(train_overrides(args)))
     else:
         run = train(cfg, out=args.out, stop_after_epoch=args.stop_after_epoch, progress=not args.quiet,
                     started_at=started)

@@ -170,7 +170,10 @@ TRAIN_GROUPS: list[tuple[str, list[Option]]] = [
         opt("--device", "train", help="auto | cpu | cuda | cuda:N | mps"),
         opt("--compile", "train", action="store_true", default=None, help="torch.compile the model"),
         opt("--sync-bn", "train", action="store_true", default=None, help="SyncBatchNorm across processes (CUDA)"),
-        opt("--resume", metavar="RUN", help="continue the run in RUN exactly where it stopped"),
+        opt("--resume", metavar="RUN", help="continue the run in RUN exactly where it stopped; flags that leave its "
+                                            "results as they are (--save-every, --workers, --no-report, "
+                                            "--early-stop, --epochs...) take effect, others are refused "
+                                            "(docs/training.md)"),
         opt("--stop-after-epoch", type=positive_int, metavar="N",
             help="stop after epoch N as if interrupted; --resume continues"),
         opt("--save-every", "train", type=float, metavar="S",

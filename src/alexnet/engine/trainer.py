@@ -30,6 +30,7 @@ from ..data.memory import BatchLoader, images_digest, prefetch
 from ..data.pipeline import InputSpec, build_training
 from ..errors import AlexnetError, TrainingStopped
 from ..models import create_model, default_image_size
+from ..resume_options import apply_changes, resume_changes, resume_record
 from . import distributed
 from .budget import TimeBudget
 from .callbacks import Callback, Checkpointing, EarlyStopping, GracefulStop, History, Progress, TimeLimit
@@ -54,20 +55,26 @@ MAX_SAVED_LOGITS = 2 ** 21
 def train(cfg: RunConfig | None, out: str | Path | None = None, *, resume: str | Path | None = None,
           epochs: int | None = None, device: str | None = None, stop_after_epoch: int | None = None,
           progress: bool = True, started_at: float | None = None, time_limit: float | None = None,
-          callbacks: list[Callback] | tuple[Callback, ...] = ()) -> Path:
+          callbacks: list[Callback] | tuple[Callback, ...] = (), options: dict[str, dict[str, Any]] | None = None,
+          preset: str | None = None) -> Path:
     """Train `cfg` into a run folder (or continue the run in `resume`) and return the folder.
 
     Under torchrun every rank calls this; rank 0 alone prints and writes files. `started_at` (time.time()) is
     when the command began, for --time-limit (default: now). A time-limited run resumes on its own clock when
     it stopped with time left, else only by steps (`time_limit=0`). SIGTERM/SIGINT stop it after the step in
-    progress, with its position saved: `TrainingStopped` is raised.
+    progress, with its position saved: `TrainingStopped` is raised. On resume, `options` ({"data"|"model"|
+    "train": {field: value}}), `preset` and `out` may only change what leaves the run's results as they are
+    (resume_options.py); the changes are recorded in RUN/config.json.
     """
     started_at = time.time() if started_at is None else started_at
     ckpt = load_checkpoint(Path(resume) / "last.pt") if resume is not None else None
-    cfg = resolve_config(cfg, ckpt, resume, epochs, device, time_limit)
+    cfg = resolve_config(cfg, ckpt, resume, epochs, device, time_limit, options=options, preset=preset, out=out)
+    resumed = resume_record(resume, RunConfig.from_dict(ckpt["config"]), cfg, ckpt) \
+        if ckpt is not None and resume is not None else None
     attempts: list[dict[str, Any]] = []
     while True:
-        run = set_up(cfg, Path(resume) if resume is not None else out, ckpt, progress, started_at, callbacks)
+        run = set_up(cfg, Path(resume) if resume is not None else out, ckpt, progress, started_at, callbacks,
+                     resumed=resumed)
         out = run.out
         try:
             return train_run(run, ckpt, stop_after_epoch)
@@ -126,13 +133,27 @@ def clear_attempt(out: Path, attempts: list[dict[str, Any]]) -> None:
 
 
 def resolve_config(cfg: RunConfig | None, ckpt: dict[str, Any] | None, resume: str | Path | None,
-                   epochs: int | None, device: str | None, time_limit: float | None) -> RunConfig:
-    """The config to train with: a resumed run's own, with the few flags that may change on resume."""
+                   epochs: int | None = None, device: str | None = None, time_limit: float | None = None, *,
+                   options: dict[str, dict[str, Any]] | None = None, preset: str | None = None,
+                   out: str | Path | None = None) -> RunConfig:
+    """The config to train with: a fresh run's as given; a resumed run's own, with the options that leave its
+    results as they are (resume_options.py). One that would change them is refused here, before any work."""
     if ckpt is not None:
-        cfg = RunConfig.from_dict(ckpt["config"])
+        given = {section: dict(values) for section, values in (options or {}).items()}
+        for name, value in (("epochs", epochs), ("device", device), ("time_limit", time_limit)):
+            if value is not None:
+                given.setdefault("train", {})[name] = value
+        saved = RunConfig.from_dict(ckpt["config"])
+        changes = resume_changes(saved, given, resume if resume is not None else "the run", preset=preset,
+                                 out=out)
+        time_limit = changes["train"].pop("time_limit", None)  # the run's own value is no change
+        epochs = device = None  # in `changes` now
+        cfg = apply_changes(saved, changes)
         if time_limit:
-            raise AlexnetError("--resume cannot set a --time-limit (the schedule so far followed steps or another "
-                               "command's clock); resume with --time-limit 0 or start a new run")
+            had = f"with --time-limit {saved.train.time_limit:g}" if saved.train.time_limit else "without --time-limit"
+            raise AlexnetError(f"--time-limit cannot change on --resume, except to 0: {resume} was trained {had} (its "
+                               "schedule so far followed steps or another command's clock); resume with --time-limit "
+                               "0, or start a new run")
         clock = ckpt.get("clock")
         on_clock = bool(cfg.train.time_limit) and time_limit is None and clock is not None and not clock["spent"]
         if cfg.train.time_limit and time_limit is None and not on_clock:
@@ -188,8 +209,10 @@ def build_callbacks(cfg: RunConfig, user: list[Callback] | tuple[Callback, ...] 
 
 
 def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, progress: bool,
-           started_at: float, user_callbacks: list[Callback] | tuple[Callback, ...] = ()) -> Run:
-    """Everything a run needs, built from its config: processes, data, model, optimiser, schedule, callbacks."""
+           started_at: float, user_callbacks: list[Callback] | tuple[Callback, ...] = (), *,
+           resumed: list[dict[str, Any]] | None = None) -> Run:
+    """Everything a run needs, built from its config: processes, data, model, optimiser, schedule, callbacks.
+    `resumed`: config.json's record of the options changed on resume (resume_options.resume_record)."""
     info, dev = distributed.setup(resolve_device(cfg.train.device))
     if dev.type == "cpu":
         tune_cpu_allocator()
@@ -244,7 +267,8 @@ def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, 
                                              "val_class_counts": np.bincount(np.asarray(data.val.labels), minlength=len(
                                                  data.classes)).tolist() if data.val else None,
                                              "world_size": info.world_size, "versions": versions(),
-                                             "precision": arithmetic, "hardware": hardware_info(dev)})
+                                             "precision": arithmetic, "hardware": hardware_info(dev),
+                                             **({"resumed": resumed} if resumed else {})})
     ui.print(f"model: {cfg.model.name} at {image_size}px, {sum(p.numel() for p in model.parameters()):,} "
              f"parameters; device {dev}, {arithmetic}"
              f"{f' x {info.world_size} processes' if info.enabled else ''}; run folder {out}")
