@@ -210,6 +210,36 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("runs", help="table of the runs under a folder: when, model, preset, epochs, time, scores")
     rn.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default ./runs)")
     rn.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    tn = sub.add_parser("tune", help="search training options with Optuna; each trial is a run folder",
+                        description="Search training options with Optuna (docs/tuning.md): each trial trains an "
+                                    "ordinary run into DIR/trials/NNNN, reports every epoch's validation accuracy to "
+                                    "the pruner, and the study ends with DIR/trials.csv, best.toml and summary.html. "
+                                    "Workers running the same command share the study. Needs the tune extra: pip "
+                                    "install 'alexnet[tune]'.",
+                        epilog="SIGTERM or Ctrl-C stops the trial in progress as `alexnet train` stops (its last.pt "
+                               "saved), queues it again and exits with 75; the same command continues it. A worker "
+                               "killed outright has its trial failed and retried by the next worker.")
+    tn.add_argument("--data", required=True, help="the training data, as `alexnet train --data` takes it")
+    tn.add_argument("--preset", metavar="NAME", help="the recipe every trial starts from (default: the one `alexnet "
+                                                     "train` picks for the data)")
+    tn.add_argument("--trials", type=positive_int, default=20, metavar="N",
+                    help="finished (complete or pruned) trials the study ends with, all workers together (default 20)")
+    tn.add_argument("--time-limit-per-trial", type=float, metavar="S", help="each trial's --time-limit in seconds")
+    tn.add_argument("--space", metavar="FILE", help="the search space, TOML or YAML (default: lr, weight decay, batch "
+                                                    "size and label smoothing around the recipe's values)")
+    tn.add_argument("--storage", metavar="URL", help="the study's storage: a database URL such as "
+                                                     "postgresql://USER@HOST/DB for workers on many machines "
+                                                     "(default: the journal file DIR/journal.log)")
+    tn.add_argument("--study", default="alexnet", metavar="NAME", help="the study's name in the storage (default "
+                                                                       "alexnet)")
+    tn.add_argument("--pruner", choices=["asha", "hyperband", "median", "none"],
+                    help="stops trials that fall behind, after any epoch (default median)")
+    tn.add_argument("--sampler", choices=["tpe", "random"], help="how trials are drawn (default tpe)")
+    tn.add_argument("--seed", type=int, help="seeds the sampler (per trial number) and every trial's training "
+                                             "(default 0)")
+    tn.add_argument("--out", default="tune", metavar="DIR", help="the study's folder (default ./tune)")
+    tn.add_argument("--quiet", action="store_true", help="one line per trial, no epoch lines")
     return parser
 
 
@@ -484,9 +514,27 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"{'replaced the previous export in' if result.replaced else 'exported to'} {result.out}: {files}")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    try:
+        import optuna  # noqa: F401  (the tune extra)
+    except ImportError:
+        raise AlexnetError("alexnet tune needs optuna: pip install 'alexnet[tune]'") from None
+    # lazy: per command (see the module doc)
+    from .tune.space import read_space
+
+    if args.space:
+        read_space(args.space)  # a mistake in the file: one line, before torch is imported or anything written
+    # lazy: per command (see the module doc)
+    from .tune.study import TuneOptions, tune
+
+    tune(TuneOptions(data=args.data, out=Path(args.out), trials=args.trials, preset=args.preset, space=args.space,
+                     time_limit=args.time_limit_per_trial, storage=args.storage, study=args.study,
+                     pruner=args.pruner, sampler=args.sampler, seed=args.seed, quiet=args.quiet))
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "explain": cmd_explain,
             "report": cmd_report, "info": cmd_info, "serve": cmd_serve, "export": cmd_export, "lr-find": cmd_lr_find,
-            "runs": cmd_runs}
+            "runs": cmd_runs, "tune": cmd_tune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

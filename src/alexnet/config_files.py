@@ -24,17 +24,18 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 FORMATS = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
 
 
-def _parse(path: Path) -> Any:
+def _parse(path: Path, flag: str = "--config") -> Any:
+    """The file's data (TOML, YAML or JSON by its suffix); errors name `flag` and the file."""
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise AlexnetError(f"--config {path}: unknown format {path.suffix or '(no suffix)'}; use .toml, .yaml, "
+        raise AlexnetError(f"{flag} {path}: unknown format {path.suffix or '(no suffix)'}; use .toml, .yaml, "
                            ".yml or .json")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise AlexnetError(f"--config {path}: no such file") from None
+        raise AlexnetError(f"{flag} {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise AlexnetError(f"--config {path}: cannot read it ({e})") from None
+        raise AlexnetError(f"{flag} {path}: cannot read it ({e})") from None
     if kind == "TOML":
         try:
             # lazy: only a TOML --config needs the parser
@@ -47,7 +48,7 @@ def _parse(path: Path) -> Any:
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise AlexnetError(f"--config {path} is not valid TOML ({e})") from None
+            raise AlexnetError(f"{flag} {path} is not valid TOML ({e})") from None
     if kind == "YAML":
         try:
             import yaml
@@ -57,11 +58,11 @@ def _parse(path: Path) -> Any:
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise AlexnetError(f"--config {path} is not valid YAML ({' '.join(str(e).split())})") from None
+            raise AlexnetError(f"{flag} {path} is not valid YAML ({' '.join(str(e).split())})") from None
     try:
         return json.loads(text)
     except ValueError as e:
-        raise AlexnetError(f"--config {path} is not valid JSON ({e})") from None
+        raise AlexnetError(f"{flag} {path} is not valid JSON ({e})") from None
 
 
 def _unknown(path: Path, key: str, known: list[str]) -> AlexnetError:
@@ -70,8 +71,9 @@ def _unknown(path: Path, key: str, known: list[str]) -> AlexnetError:
     return AlexnetError(f"--config {path}: unknown key {key}{hint}")
 
 
-def _checked(value: Any, annotation: str, where: str, path: Path) -> Any:
-    """`value` if it fits the field's annotation ("int", "float | None", "tuple[int, ...] | None"...)."""
+def checked_value(value: Any, annotation: str, where: str) -> Any:
+    """`value` if it fits a config field's annotation ("int", "float | None", "tuple[int, ...] | None"...), as that
+    type; else AlexnetError "WHERE must be ..."."""
     kinds = [a.strip() for a in annotation.split("|")]
     if value is None and "None" in kinds:
         return None
@@ -89,7 +91,14 @@ def _checked(value: Any, annotation: str, where: str, path: Path) -> Any:
             return tuple(value)
     wanted = " or ".join({"tuple[int, ...]": "a list of integers", "None": "null", "str": "a string",
                           "int": "an integer", "float": "a number", "bool": "true or false"}.get(k, k) for k in kinds)
-    raise AlexnetError(f"--config {path}: {where} must be {wanted}, got {value!r}")
+    raise AlexnetError(f"{where} must be {wanted}, got {value!r}")
+
+
+def _checked(value: Any, annotation: str, where: str, path: Path) -> Any:
+    try:
+        return checked_value(value, annotation, where)
+    except AlexnetError as e:
+        raise AlexnetError(f"--config {path}: {e}") from None
 
 
 def read_config_file(path: str | Path) -> tuple[str | None, dict[str, dict[str, Any]]]:

@@ -6,7 +6,9 @@ several machines); we only read them. nccl on GPUs, gloo on CPUs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,9 +53,32 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
     return info, device
 
 
+_held = False  # inside `held()`: the group outlives each run (`alexnet tune`'s trials)
+
+
+@contextlib.contextmanager
+def held(device: torch.device) -> Iterator[tuple[Dist, torch.device]]:
+    """Join the process group (as `setup`) and keep it for the whole block: the runs trained inside it (each
+    `train` call tears down at its end) leave it in place, so rank 0 can send every rank the next run over it."""
+    global _held
+    info, device = setup(device)
+    _held = True
+    try:
+        yield info, device
+    except BaseException:
+        _held = False
+        teardown(synchronize=False)
+        raise
+    _held = False
+    teardown()
+
+
 def teardown(synchronize: bool = True) -> None:
     """Leave the process group. Ranks first meet at a barrier so none tears down gloo's threads while a
-    peer still talks to it (that aborts the process: "terminate called without an active exception")."""
+    peer still talks to it (that aborts the process: "terminate called without an active exception").
+    Inside `held()` the group stays."""
+    if _held:
+        return
     if dist.is_available() and dist.is_initialized():
         if synchronize:
             dist.barrier()
