@@ -16,10 +16,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def bench():
     sys.path.insert(0, str(BENCH))
     try:
-        yield {name: importlib.import_module(name) for name in ("matmul", "throughput", "time_to_accuracy", "serve")}
+        yield {name: importlib.import_module(name) for name in ("matmul", "throughput", "time_to_accuracy", "serve", "tune")}
     finally:
         sys.path.remove(str(BENCH))
-        for name in ("matmul", "throughput", "time_to_accuracy", "serve"):
+        for name in ("matmul", "throughput", "time_to_accuracy", "serve", "tune"):
             sys.modules.pop(name, None)
 
 
@@ -222,3 +222,66 @@ def test_serve_targets_hold_full_views_to_1000_and_int8_or_fewer_views_to_2000(b
     assert ">= 2,000/s: missed (2,100/s, p99 120 ms" in lines[2]  # fast enough, but not within 100 ms
     assert ">= 2,000/s: met (2,008/s" in lines[3] and "accuracy 85.70%" in lines[3]
     assert ">= 2,000/s: missed (2,500/s, p99 50 ms, 1 errors" in lines[4]
+
+
+def test_tune_trials_per_hour_is_finished_trials_over_wall_hours(bench):
+    tune = bench["tune"]
+    # 24 trials in 1,800 s (half an hour): 48 an hour; 7 in 2,520 s (42 minutes): 10 an hour.
+    assert tune.trials_per_hour(24, 1800.0) == pytest.approx(48.0)
+    assert tune.trials_per_hour(7, 2520.0) == pytest.approx(10.0)
+    assert tune.trials_per_hour(0, 600.0) == 0.0
+
+
+def test_tune_launches_a_trial_only_when_it_would_end_inside_the_budget(bench):
+    tune = bench["tune"]
+    # Trials ended at 70, 130 and 190 s: gaps of 60 s (the first end also holds the start-up, so it is no gap).
+    durations = tune.trial_durations([70.0, 130.0, 190.0], [58.5, 58.9, 59.0])
+    assert durations == [60.0, 60.0]
+    # 190 + 60 = 250: inside a 250 s budget, not inside 249 s.
+    assert tune.launch_next(190.0, durations, 250.0, fallback_s=58.0)
+    assert not tune.launch_next(190.0, durations, 249.0, fallback_s=58.0)
+    # One end so far: the trial's own reported 58.5 s stands in; none yet: the time limit per trial.
+    assert tune.trial_durations([70.0], [58.5]) == [58.5]
+    assert tune.launch_next(70.0, [58.5], 128.5, fallback_s=58.0)
+    assert not tune.launch_next(70.0, [58.5], 128.4, fallback_s=58.0)
+    assert tune.launch_next(0.0, [], 58.0, fallback_s=58.0) and not tune.launch_next(0.5, [], 58.0, fallback_s=58.0)
+    # The lines `alexnet tune --quiet` ends a trial with, and the seconds they end with.
+    complete = "trial 3: 71.25% best validation accuracy in 4 epochs (59.1s)"
+    pruned = "trial 4: pruned after epoch 1 (40.10% validation accuracy; 15.2s)"
+    assert tune.TRIAL_END.match(complete) and tune.TRIAL_END.match(pruned)
+    assert not tune.TRIAL_END.match("trial 5: lr 0.2207, muon_lr 0.09659, weight_decay 0.0001168")
+    assert float(tune.TRIAL_SECONDS.search(complete).group(1)) == 59.1
+    assert float(tune.TRIAL_SECONDS.search(pruned).group(1)) == 15.2
+
+
+def test_tune_mean_std_and_the_beats_the_spread_verdict(bench):
+    tune = bench["tune"]
+    # Preset 0.70, 0.72, 0.74: mean 0.72, sample std sqrt((0.02^2 + 0 + 0.02^2) / 2) = 0.02.
+    preset = tune.mean_std([0.70, 0.72, 0.74])
+    assert preset["n"] == 3 and preset["mean"] == pytest.approx(0.72) and preset["std"] == pytest.approx(0.02)
+    assert tune.mean_std([0.5]) == {"n": 1, "mean": 0.5, "std": 0.0} and tune.mean_std([]) == {"n": 0}
+    # Tuned 0.75, 0.76, 0.77: mean 0.76, std 0.01; 0.04 ahead, more than the larger std (0.02): it beats.
+    v = tune.verdict([0.75, 0.76, 0.77], [0.70, 0.72, 0.74])
+    assert v["difference"] == pytest.approx(0.04) and v["spread"] == pytest.approx(0.02) and v["beats"] is True
+    # Tuned 0.70, 0.74, 0.78: mean 0.74, std 0.04; 0.02 ahead is inside the spread (0.04): it does not.
+    v = tune.verdict([0.70, 0.74, 0.78], [0.70, 0.72, 0.74])
+    assert v["difference"] == pytest.approx(0.02) and v["spread"] == pytest.approx(0.04) and v["beats"] is False
+    assert tune.verdict([], [0.7, 0.72]) == {"difference": None, "spread": None, "beats": None}
+
+
+def test_tune_reads_the_best_trial_and_the_best_validated_epoch(bench):
+    tune = bench["tune"]
+    rows = [{"number": 0, "state": "COMPLETE", "best_val_acc": 0.70},
+            {"number": 1, "state": "PRUNED", "best_val_acc": 0.90},  # pruned: not best.toml's trial
+            {"number": 2, "state": "COMPLETE", "best_val_acc": 0.74},
+            {"number": 3, "state": "COMPLETE", "best_val_acc": 0.74},  # a tie goes to the earlier trial
+            {"number": 4, "state": "FAIL", "best_val_acc": None}]
+    assert tune.best_finished(rows)["number"] == 2
+    assert tune.best_finished([rows[1], rows[4]]) is None
+    # history.json: an epoch that was not validated has null (or NaN) for val_acc.
+    history = [{"epoch": 1, "val_acc": None}, {"epoch": 2, "val_acc": float("nan")}, {"epoch": 3, "val_acc": 0.61},
+               {"epoch": 4, "val_acc": 0.66}, {"epoch": 5, "val_acc": 0.64}]
+    assert tune.best_val_acc(history) == 0.66 and tune.best_val_acc(history[:2]) is None
+    assert tune.machine_tag({"cpu_isa": "AVX512"}, bf16=True) == "avx512bf16"
+    assert tune.machine_tag({"cpu_isa": "AVX2"}, bf16=False) == "avx2"
+    assert tune.machine_tag({"cpu_isa": "AVX512", "gpu": "NVIDIA H100 80GB HBM3"}, bf16=False) == "nvidia-h100-80gb-hbm3"
