@@ -39,6 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 from matmul import matmul_gflops  # noqa: E402
 
 from alexnet.config import PRESETS  # noqa: E402  (torch-free)
+from alexnet.cpuinfo import cpu_model  # noqa: E402  (torch-free)
 from alexnet.engine.device import autocast, cpu_isa, precision  # noqa: E402
 
 
@@ -75,16 +76,6 @@ QUICK_BATCH = {32: 32, 227: 8}
 RESULT_TAG = "THROUGHPUT_RESULT "
 # CIFAR-10 channel statistics; any values do for timing the normalise + resize.
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str | None:

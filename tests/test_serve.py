@@ -32,10 +32,15 @@ def batching_service(model: Path, tmp_path: Path):
         yield running
 
 
+def module_service(model: Path, tmp_path_factory, name: str):
+    """`model` served by batching_service for a whole test module."""
+    with batching_service(model, tmp_path_factory.mktemp(name)) as running:
+        yield running
+
+
 @pytest.fixture(scope="module")
 def service(exported_model, tmp_path_factory):
-    with batching_service(exported_model, tmp_path_factory.mktemp("serve")) as running:
-        yield running
+    yield from module_service(exported_model, tmp_path_factory, "serve")
 
 
 @pytest.fixture(scope="module")
@@ -314,8 +319,7 @@ def onnx_classifier(red_export):
 @pytest.fixture(scope="module")
 def red_service(red_export, tmp_path_factory):
     """The hand-set `red_run` exported and served: hiding its red square is what moves its answer."""
-    with batching_service(red_export, tmp_path_factory.mktemp("serve-red")) as running:
-        yield running
+    yield from module_service(red_export, tmp_path_factory, "serve-red")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import functools
 import platform
 from pathlib import Path
 
-__all__ = ["INT8_CLASSES", "cpu_flags", "int8_class", "int8_description"]
+__all__ = ["INT8_CLASSES", "cpu_flags", "cpu_model", "int8_class", "int8_description"]
 
 # Best first: the class names a config.json records and compares.
 INT8_CLASSES = ("amx", "vnni", "avx2", "other")
@@ -20,16 +20,29 @@ DESCRIPTIONS = {"amx": "AMX (AMX-INT8 tiles)", "vnni": "VNNI (8-bit dot products
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's fields in Linux's /proc/cpuinfo ("model name", "flags", ...); empty where it cannot be read."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
     except OSError:
-        return frozenset()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("flags") and ":" in line:
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC ..."), else what the platform module says."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def int8_class(flags: frozenset[str] | None = None) -> str:
@@ -41,8 +54,6 @@ def int8_class(flags: frozenset[str] | None = None) -> str:
         return "vnni"
     if "avx2" in flags:
         return "avx2"
-    if not flags and platform.machine().lower() in ("arm64", "aarch64"):
-        return "other"
     return "other"
 
 

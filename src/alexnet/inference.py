@@ -77,11 +77,13 @@ def eval_data(loaded: LoadedModel, data: str | None, split: str, batch_size: int
     return ev
 
 
-def probabilities(loaded: LoadedModel, loader: Any, amp: str | None = None) -> np.ndarray:
-    """Class probabilities (N, C) over a loader, with the run's own test-time augmentation; `amp` (default: the
-    run's) is the arithmetic, e.g. "off" for fp32."""
+def probabilities(loaded: LoadedModel, loader: Any, amp: str | None = None,
+                  views: tuple[bool, int] | None = None) -> np.ndarray:
+    """Class probabilities (N, C) over a loader, with the run's own test-time augmentation (or `views`: (tta,
+    tta_shift)); `amp` (default: the run's) is the arithmetic, e.g. "off" for fp32."""
+    tta, shift = views if views is not None else (loaded.config.train.tta, loaded.config.train.tta_shift)
     logits, _ = collect_logits(loaded.model, loader, loaded.device, loaded.config.train.amp if amp is None else amp,
-                               loaded.config.train.tta, loaded.config.train.tta_shift)
+                               tta, shift)
     return softmax_numpy(logits)
 
 
@@ -97,9 +99,7 @@ def image_probabilities(loaded: LoadedModel, images: np.ndarray, batch_size: int
     """
     loader = memory_eval(images, np.zeros(len(images), dtype=np.int64), loaded.spec, batch_size, loaded.device,
                          loaded.config.train.channels_last)
-    tta, shift = views if views is not None else (loaded.config.train.tta, loaded.config.train.tta_shift)
-    logits, _ = collect_logits(loaded.model, loader, loaded.device, amp, tta, shift)
-    return softmax_numpy(logits)
+    return probabilities(loaded, loader, amp=amp, views=views)
 
 
 def saved_probabilities(loaded: LoadedModel, ev: EvalData) -> np.ndarray | None:

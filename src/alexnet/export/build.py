@@ -6,13 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import platform
-
 import numpy as np
 from safetensors.torch import save_file
 
 from ..classifier import view_passes, views_setting
-from ..cpuinfo import int8_class, int8_description
+from ..cpuinfo import cpu_model, int8_class, int8_description
 from ..engine.device import versions
 from ..errors import AlexnetError
 from ..inference import LoadedModel, eval_data, load_model, run_folder_config, run_metrics
@@ -220,7 +218,7 @@ def write_int8(loaded: LoadedModel, folder: Path, graphs: list[dict[str, Any]], 
         graphs.append({"file": name, "precision": "int8", "views": g["views"]})
     result: dict[str, Any] = {"file": INT8_GRAPH, **done, "calibration": calibration,
                               "cpu": {"int8_class": cls, "description": int8_description(cls),
-                                      "processor": cpu_name()}}
+                                      "processor": cpu_model()}}
     checked = None
     if check is not None:
         check_imgs, labels, split = check_images(loaded, str(check), check_limit)
@@ -250,17 +248,6 @@ def recommend(cls: str, speed: dict[str, Any], checked: Int8Check | None) -> dic
     return {"precision": "int8", "int8_class": cls,
             "why": f"int8 measured {ratio:.2f}x fp32's images/s on a CPU with {int8_description(cls)}, "
                    f"{checked.drop_points:.2f} points of accuracy lost on {checked.images:,} held-out images"}
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what the platform module says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def model_card_title(config: dict[str, Any]) -> str:
