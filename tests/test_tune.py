@@ -169,10 +169,13 @@ def test_without_optuna_the_command_says_which_extra_to_install(tmp_path):
 
 
 def kill_mid_trial(tiny_folder: Path, out: Path, space: Path, trials: int, sig: int, log: Path) -> subprocess.Popen:
-    """Start a worker and send it `sig` once its first trial has saved an epoch (trials/0000/last.pt)."""
+    """Start a worker and send it `sig` once its first trial has saved an epoch: trials/0000/last.pt, and
+    history.json, which the callbacks write after the checkpoint."""
     proc = start(tune_args(tiny_folder, out, space, trials), log)
+    trial = out / "trials" / "0000"
     try:
-        wait_for(lambda: (out / "trials" / "0000" / "last.pt").is_file(), 90, "saved epoch", proc, log)
+        wait_for(lambda: (trial / "last.pt").is_file() and (trial / "history.json").is_file(), 90, "saved epoch",
+                 proc, log)
         proc.send_signal(sig)
         proc.wait(60)
     finally:
