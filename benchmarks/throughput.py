@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -104,6 +105,14 @@ def host_name(host: dict) -> str:
     if host.get("gpu"):
         return host["gpu"]
     return host.get("cpu_model", "?") + (f" ({host['cpu_isa']})" if host.get("cpu_isa") else "")
+
+
+def machine_tag(host: dict, bf16: bool) -> str:
+    """The result file's machine: 'avx512bf16', 'avx2', or the GPU's name ('nvidia-h100-80gb-hbm3')."""
+    if host.get("gpu"):
+        return re.sub(r"[^a-z0-9]+", "-", host["gpu"].lower()).strip("-")
+    isa = re.sub(r"[^a-z0-9]+", "", str(host.get("cpu_isa") or "cpu").lower())
+    return isa + ("bf16" if bf16 else "")
 
 
 def resolve_device(name: str) -> torch.device:

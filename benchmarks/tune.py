@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from matmul import matmul_gflops  # noqa: E402
-from throughput import git_commit, host_info, host_name, resolve_device  # noqa: E402
+from throughput import git_commit, host_info, host_name, machine_tag, resolve_device  # noqa: E402
 
 FINISHED = ("COMPLETE", "PRUNED")
 # `alexnet tune --quiet` prints one of these when a trial ends (study.py's objective).
@@ -110,14 +110,6 @@ def best_val_acc(history: list[dict]) -> float | None:
     """The best validation accuracy of a run's history.json (epochs that were not validated have none)."""
     accs = [h["val_acc"] for h in history if h.get("val_acc") is not None and h["val_acc"] == h["val_acc"]]
     return max(accs) if accs else None
-
-
-def machine_tag(host: dict, bf16: bool) -> str:
-    """The result file's machine: 'avx512bf16', 'avx2', or the GPU's name ('nvidia-h100-80gb-hbm3')."""
-    if host.get("gpu"):
-        return re.sub(r"[^a-z0-9]+", "-", host["gpu"].lower()).strip("-")
-    isa = re.sub(r"[^a-z0-9]+", "", str(host.get("cpu_isa") or "cpu").lower())
-    return isa + ("bf16" if bf16 else "")
 
 
 # ---------------------------------------------------------------- running the studies and the runs

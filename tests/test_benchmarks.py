@@ -16,10 +16,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def bench():
     sys.path.insert(0, str(BENCH))
     try:
-        yield {name: importlib.import_module(name) for name in ("matmul", "throughput", "time_to_accuracy", "serve", "tune")}
+        yield {name: importlib.import_module(name) for name in ("matmul", "throughput", "time_to_accuracy", "serve", "tune", "peer_keras", "profile_train")}
     finally:
         sys.path.remove(str(BENCH))
-        for name in ("matmul", "throughput", "time_to_accuracy", "serve", "tune"):
+        for name in ("matmul", "throughput", "time_to_accuracy", "serve", "tune", "peer_keras", "profile_train"):
             sys.modules.pop(name, None)
 
 
@@ -282,6 +282,88 @@ def test_tune_reads_the_best_trial_and_the_best_validated_epoch(bench):
     history = [{"epoch": 1, "val_acc": None}, {"epoch": 2, "val_acc": float("nan")}, {"epoch": 3, "val_acc": 0.61},
                {"epoch": 4, "val_acc": 0.66}, {"epoch": 5, "val_acc": 0.64}]
     assert tune.best_val_acc(history) == 0.66 and tune.best_val_acc(history[:2]) is None
-    assert tune.machine_tag({"cpu_isa": "AVX512"}, bf16=True) == "avx512bf16"
-    assert tune.machine_tag({"cpu_isa": "AVX2"}, bf16=False) == "avx2"
-    assert tune.machine_tag({"cpu_isa": "AVX512", "gpu": "NVIDIA H100 80GB HBM3"}, bf16=False) == "nvidia-h100-80gb-hbm3"
+    assert bench["throughput"].machine_tag({"cpu_isa": "AVX512"}, bf16=True) == "avx512bf16"
+    assert bench["throughput"].machine_tag({"cpu_isa": "AVX2"}, bf16=False) == "avx2"
+    assert bench["throughput"].machine_tag({"cpu_isa": "AVX512", "gpu": "NVIDIA H100 80GB HBM3"}, bf16=False) == "nvidia-h100-80gb-hbm3"
+
+
+def test_peer_keras_times_the_steps_after_the_warm_up_and_projects_the_notebooks_ten_epochs(bench):
+    pk = bench["peer_keras"]
+    # Steps ending at 5 s (tracing), then every 2 s: after a warm-up of 1, 3 steps of 32 images in 6 s.
+    rate = pk.timed_rate([5.0, 7.0, 9.0, 11.0], warmup=1, batch_size=32)
+    assert rate["steps"] == 3 and rate["seconds"] == 6.0 and rate["images_per_s"] == 16.0
+    assert rate["step_ms_median"] == 2000.0
+    with pytest.raises(ValueError):
+        pk.timed_rate([5.0], warmup=1, batch_size=32)
+    # 10 epochs of 45,000 images at 18.75 images/s: 24,000 s (6 h 40 min).
+    assert pk.projected_seconds(18.75) == 24_000.0
+    run = {"curve": [{"epoch": 7, "seconds": 41.5, "val_acc": 0.7733}]}
+    assert pk.time_to_notebook(run) is None  # 77.33% is below 77.34%
+    run["curve"].append({"epoch": 8, "seconds": 44.0, "val_acc": 0.7911})
+    assert pk.time_to_notebook(run) == 44.0 and pk.speedup(24_000.0, 44.0) == pytest.approx(545.45, abs=0.01)
+    assert pk.speedup(24_000.0, None) is None
+    # Of the time limits whose every seed reached 77.34%, the shortest mean time: 30 s had a seed short of it.
+    runs = [{"time_limit": 40.0, "curve": [{"seconds": s, "val_acc": 0.79}]} for s in (42.0, 44.0)]
+    runs += [{"time_limit": 30.0, "curve": [{"seconds": 32.0, "val_acc": 0.78}]},
+             {"time_limit": 30.0, "curve": [{"seconds": 33.0, "val_acc": 0.77}]}]
+    assert pk.fastest_reaching(runs) == {"time_limit": 40.0, "mean_s": 43.0, "runs": 2}
+    runs[3]["curve"][0]["val_acc"] = 0.7734
+    assert pk.fastest_reaching(runs)["time_limit"] == 30.0
+    assert pk.fastest_reaching(runs[:1] + [{"time_limit": 40.0, "error": "exit 1"}]) is None
+
+
+def test_peer_keras_reads_labelled_jpegs_from_the_archive(bench, tmp_path):
+    import io
+    import tarfile
+
+    pk = bench["peer_keras"]
+    archive = tmp_path / "c.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, payload in (("train/cat/1.jpg", b"c1"), ("train/dog/2.jpg", b"d2"), ("train/cat/3.jpg", b"c3"),
+                              ("test/cat/9.jpg", b"no"), ("README", b"no")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    data, labels = pk.read_cifar_jpegs(archive, 10, seed=0)
+    assert sorted(zip(data, labels)) == [(b"c1", 0), (b"c3", 0), (b"d2", 1)]
+    assert len(pk.read_cifar_jpegs(archive, 2, seed=0)[0]) == 2
+
+
+def test_profile_splits_a_run_into_phases_that_add_up_to_its_wall_clock(bench):
+    pt = bench["profile_train"]
+    # Imports done at 2 s, data by 6 s; epoch 1 from 6 to 10 s with steps ending at 7, 8 and 9 s (3 s of
+    # steps, 1 s of validation after them); epoch 2 from 10.5 to 12 s, one step ending at 11 s (0.5 s of
+    # steps, 1 s after); 0.5 s between the epochs and 0.5 s after the last; the process gone at 13 s.
+    stamps = {"imported": 2.0, "train_begin": 6.0, "epoch_begin": [6.0, 10.5], "epoch_end": [10.0, 12.0],
+              "train_end": 12.5}
+    rows = {r["phase"].split(":")[0].split(" (")[0]: r["seconds"] for r in pt.phases(stamps, [[7.0, 8.0, 9.0], [11.0]], 13.0)}
+    assert rows == {"start-up": 2.0, "data and model set-up": 4.0, "training steps": 3.5,
+                    "in the epochs between steps": 2.0, "between epochs and after the last": 1.0, "exit": 0.5}
+    assert sum(rows.values()) == 13.0
+
+
+def test_profile_layer_table_rates_each_convolution_from_its_shapes(bench):
+    pt = bench["profile_train"]
+    # Two steps; conv A: 3->16 channels, 3x3, 32x32 input and output, batch 8: 2*8*16*32*32*3*3*3 = 7,077,888
+    # FLOPs forward. Conv B: 16->32, 3x3, 16x16 input, 16x16 output: 2*8*32*16*16*16*3*3 = 18,874,368.
+    rows = [
+        {"name": "aten::convolution", "shapes": [[8, 3, 32, 32], [16, 3, 3, 3], [16]], "total_us": 2000.0, "self_us": 0},
+        {"name": "aten::convolution_backward", "shapes": [[8, 16, 32, 32], [8, 3, 32, 32], [16, 3, 3, 3]],
+         "total_us": 2000.0, "self_us": 0},
+        {"name": "aten::convolution", "shapes": [[8, 16, 16, 16], [32, 16, 3, 3], [32]], "total_us": 4000.0, "self_us": 0},
+        {"name": "aten::convolution_backward", "shapes": [[8, 32, 16, 16], [8, 16, 16, 16], [32, 16, 3, 3]],
+         "total_us": 8000.0, "self_us": 0},
+        {"name": "aten::native_batch_norm", "shapes": [], "total_us": 900.0, "self_us": 600.0},
+        {"name": "Optimizer.step#SGD.step", "shapes": [], "total_us": 1000.0, "self_us": 10.0},
+    ]
+    table = pt.layer_table({"steps": 2, "window": {"seconds": 0.02}, "rows": rows}, gflops_fp32=10.0, gflops_bf16=None)
+    by = {t["part"].split(" (")[0]: t for t in table}
+    # conv1 forward: 1 ms a step for 7.08 MFLOPs = 7.08 GFLOP/s; its backward has no input gradient, so the
+    # same work in 1 ms. conv2: 18.87 MFLOPs in 2 ms = 9.44; backward twice the work in 4 ms = 9.44.
+    assert by["conv1 forward"]["gflops"] == pytest.approx(7.077888)
+    assert by["conv1 backward"]["gflops"] == pytest.approx(7.077888)
+    assert by["conv2 forward"]["gflops"] == pytest.approx(9.437184) and by["conv2 forward"]["of_fp32"] == pytest.approx(0.9437184)
+    assert by["conv2 backward"]["ms"] == 4.0 and by["conv2 backward"]["gflops"] == pytest.approx(9.437184)
+    assert by["batch norm"]["ms"] == 0.3 and by["optimizer step"]["ms"] == 0.5
+    # 10 ms a step in all: 1 + 1 + 2 + 4 + 0.3 + 0.5 counted, 1.2 ms left over.
+    assert by["the rest"]["ms"] == pytest.approx(1.2) and sum(t["share"] for t in table) == pytest.approx(1.0)

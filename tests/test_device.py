@@ -93,3 +93,29 @@ def test_the_recorded_isa_follows_torchs_dispatch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "ATEN_CPU_CAPABILITY": "default"})
     assert out.stdout.strip() == "DEFAULT"
+
+
+
+FLUSH_CHECK = """
+import sys, torch, alexnet
+from alexnet.engine.callbacks import Callback
+seen = []
+class Count(Callback):
+    def on_train_begin(self, run):  # a product spread over every thread of the pool
+        seen.append(int((torch.full((1_000_000,), 1e-39) * 1.0).count_nonzero()))
+alexnet.train(data=sys.argv[1], out=sys.argv[2], epochs=1, batch_size=16, widths=(8, 8, 8, 8, 8), whiten=False,
+              device="cpu", report=False, progress=False, flush_denormal=sys.argv[3] == "on", callbacks=[Count()])
+print(seen[0])
+"""
+
+
+@pytest.mark.parametrize("flush", ["on", "off"])
+def test_training_on_a_cpu_flushes_subnormal_floats_in_every_thread_unless_told_not_to(tiny_folder, tmp_path, flush):
+    # 1e-39 is below fp32's smallest normal number (1.18e-38). Flushed, a subnormal operand counts as zero in
+    # every thread; IEEE arithmetic keeps all million of them. Two threads, as on the machines the presets
+    # are for: a flag set only in the main thread would leave half of them.
+    result = subprocess.run([sys.executable, "-c", FLUSH_CHECK, str(tiny_folder / "train"), str(tmp_path / "run"), flush],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "2", "ALEXNET_DATA": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.split()[-1]) == (0 if flush == "on" else 1_000_000)

@@ -102,6 +102,8 @@ REFUSED = [
     ({"val_every": 2}, "--val-every cannot change"),
     ({"tta_shift": 1}, "--tta-shift cannot change.*--tta-shift 2"),
     ({"compile": True}, "--compile cannot change.*trained without --compile"),
+    ({"flush_denormal": False}, "--flush-denormal cannot change.*trained with --flush-denormal"),
+    ({"channels_last": False}, "--channels-last cannot change.*trained with --channels-last"),
     ({"init_from": "weights.pth"}, "--init-from cannot change.*trained without --init-from"),
     ({"val_split": 0.2}, "--val-split cannot change"),
     ({"preset": "cifar10-fast"}, "--preset cannot change.*trained with --preset cifar10;"),

@@ -77,7 +77,8 @@ class TrainConfig:
     tta_shift: int = 0  # with tta, also average copies translated by this many pixels (0 = flips only)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC activations: oneDNN's (and cuDNN's) faster layout for convolutions
+    flush_denormal: bool = True  # CPU: subnormal floats count as zero (FTZ/DAZ), which late epochs otherwise crawl through
     amp: str = "auto"  # auto (CUDA: bf16, or fp16 + GradScaler without bf16; CPU: bf16 if it has bf16 units) | bf16 | fp16 | off
     compile: bool = False
     res_start: int = 0  # progressive resizing: training side (px) of the first epoch; 0 = the input side throughout

@@ -130,6 +130,11 @@ TRAIN_GROUPS: list[tuple[str, list[Option]]] = [
         opt("--amp", "train", choices=["auto", "bf16", "fp16", "off"],
             help="mixed precision; auto = bf16 on CUDA (fp16 + loss scaling without bf16) and on CPUs with bf16 "
                  "instructions (AVX512_BF16, AMX), else off"),
+        opt("--flush-denormal", "train", action=BOOL,
+            help="CPU: treat subnormal floats as zero (FTZ/DAZ); on by default, --no-flush-denormal for IEEE "
+                 "subnormals"),
+        opt("--channels-last", "train", action=BOOL, help="channels-last (NHWC) activations and weights; on by "
+                                                          "default"),
         opt("--clip-grad", "train", type=float, metavar="NORM",
             help="scale the gradients down to this global L2 norm when above it, as timm's --clip-grad (0 = off)"),
         opt("--accum-steps", "train", type=positive_int, help="gradient accumulation: micro-batches "

@@ -216,6 +216,7 @@ def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, 
     info, dev = distributed.setup(resolve_device(cfg.train.device))
     if dev.type == "cpu":
         tune_cpu_allocator()
+        torch.set_flush_denormal(cfg.train.flush_denormal)
     if cfg.train.time_limit and info.enabled:
         raise AlexnetError("--time-limit runs in one process (ranks' clocks would give them different learning "
                            "rates); drop --time-limit under torchrun")
