@@ -86,9 +86,10 @@ def test_two_workers_share_one_study_and_best_toml_trains_the_best_trial_again(t
 
     from alexnet.engine.checkpoint import load_checkpoint
 
-    out, space = tmp_path / "study", write_space(tmp_path)
+    # Trials of 40 epochs that a 3 s time limit ends: the clock decides each trial's steps and rates.
+    out, space = tmp_path / "study", write_space(tmp_path, LONG_SPACE)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    procs = [start(tune_args(tiny_folder, out, space, 4), log) for log in logs]
+    procs = [start(tune_args(tiny_folder, out, space, 4, "--time-limit-per-trial", "3"), log) for log in logs]
     for proc, log in zip(procs, logs):
         try:
             assert proc.wait(120) == 0, log.read_text()[-3000:]
@@ -108,14 +109,16 @@ def test_two_workers_share_one_study_and_best_toml_trains_the_best_trial_again(t
     rows = json.loads((out / "trials.json").read_text())
     done = sorted(r["number"] for r in rows if r["state"] in ("COMPLETE", "PRUNED"))
     assert done == sorted(t.number for t in finished)
-    assert {"lr", "epochs"} <= set(rows[0]["params"])
+    assert "lr" in rows[0]["params"] and all(r["epochs_trained"] < 40 for r in rows if r["state"] == "COMPLETE")
     header = (out / "trials.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["number", "state", "best_val_acc"] and "lr" in header and "epochs_trained" in header
 
-    # `alexnet runs` reads the trials as runs; best.toml trains the best trial again, to the same weights.
+    # `alexnet runs` reads the trials as runs; best.toml trains the best trial again, to the same weights: it
+    # replays the trial's clock readings, whatever this machine's clock does now.
     listed = run_cli("runs", out / "trials", "--json")
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == len(folders)
     best = max((t for t in finished if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
+    assert f'replay_clock = "{(out / best.user_attrs["run"] / "clock.json").resolve()}"' in (out / "best.toml").read_text()
     # With the trial's thread count: CPU reductions split across threads round differently.
     again = run_cli("train", "--config", out / "best.toml", "--out", tmp_path / "again", "--quiet",
                     env={"OMP_NUM_THREADS": "1"})

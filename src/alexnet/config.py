@@ -84,6 +84,7 @@ class TrainConfig:
     res_start: int = 0  # progressive resizing: training side (px) of the first epoch; 0 = the input side throughout
     res_ramp: float = 0.75  # progressive resizing: the side reaches the input side after this fraction of training
     time_limit: float = 0.0  # seconds for the whole command (0 = none): schedule by the clock, epochs an upper bound
+    replay_clock: str | None = None  # a time-limited run (or its clock.json) whose clock readings this run replays
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and saved
     whiten: bool = False  # initialise the first conv from the whitening of training patches
     bn_scale: bool = True  # train batch-norm scales; False freezes them at 1 (airbench)
@@ -345,6 +346,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (not (d.crop_scale and d.cutout), "--crop-scale and --cutout do not combine; drop one"),
         (d.store_size is None or 8 <= d.store_size <= 1024, "--store-size must be between 8 and 1024"),
         (t.res_start == 0 or t.res_start >= 8, "--res-start must be >= 8 px (0 = off)"),
+        (t.replay_clock is None or t.time_limit > 0,
+         "--replay-clock replays a time-limited run's clock: give its --time-limit too"),
         (0 < t.res_ramp <= 1, "--res-ramp must be in (0, 1]: the fraction of training that grows the side"),
         (t.time_limit >= 0, "--time-limit must be >= 0 seconds (0 = none)"),
         (t.time_limit == 0 or t.schedule != "plateau",

@@ -171,6 +171,9 @@ TRAIN_GROUPS: list[tuple[str, list[Option]]] = [
         opt("--time-limit", "train", type=float, metavar="S",
             help="finish the whole command within S seconds: the schedule follows the clock, --epochs is an upper "
                  "bound (0 = none)"),
+        opt("--replay-clock", "train", metavar="RUN",
+            help="read the clock readings of a time-limited RUN (RUN/clock.json) instead of the clock: with its "
+                 "config and seed the same steps, rates and stop, so the same weights on the same machine"),
         opt("--seed", "train", type=int, help="seed of initialisation, shuffling and augmentation"),
         opt("--device", "train", help="auto | cpu | cuda | cuda:N | mps"),
         opt("--compile", "train", action="store_true", default=None, help="torch.compile the model"),

@@ -10,9 +10,13 @@ validation, checkpoints and report still need is all that is left. A faster mach
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from ..errors import AlexnetError
 
 # An evaluated view costs this share of a training step per image: forward only, no augmentation.
 # Measured on a 2-core AVX2-only CPU: `cifar10`'s network trains at ~590 img/s and evaluates 5,000
@@ -41,10 +45,36 @@ class TimeBudget:
     seconds_per_image: float | None = None  # a training step's cost per image at the full side, smoothed
     step_seconds: float = 0.0  # the last step's duration: stop before a step that would cross the end
     _scale: float | None = None  # the cost scale of the last observed step (changes with the side)
+    # Every clock reading and step duration that steered the run, in order (readings as seconds since
+    # `started`): RUN/clock.json. With `replay` (a recorded tape), those values are read from it instead of the
+    # clock, so the run makes the same decisions at the same steps: the same schedule, stop and validations.
+    tape: list[float] = field(default_factory=list)
+    replay: list[float] | None = None
+    replayed: int = 0  # readings taken from `replay` so far
+    resumed: bool = False  # the clock was wound on from a checkpoint: its tape spans two starts
 
     @property
     def enabled(self) -> bool:
         return self.limit > 0
+
+    def now(self) -> float:
+        """time.time() for a decision of the run, recorded on the tape (or read from the replayed one)."""
+        return self.started + self._read(time.time() - self.started)
+
+    def measured(self, seconds: float) -> float:
+        """A measured duration that steers the run (a step's), recorded (or replayed) as `now` is."""
+        return self._read(seconds)
+
+    def _read(self, value: float) -> float:
+        if self.replay is not None:
+            if self.replayed >= len(self.replay):
+                raise AlexnetError(f"--replay-clock: the recorded clock ran out after its {len(self.replay):,} "
+                                   "readings: this run is not making the recorded run's decisions (other data, "
+                                   "options, code or thread count); remove --replay-clock to let the clock decide")
+            value = self.replay[self.replayed]
+            self.replayed += 1
+        self.tape.append(value)
+        return value
 
     def train_end(self) -> float:
         return self.started + self.limit - self.reserve
@@ -53,7 +83,7 @@ class TimeBudget:
         """Share of the training time from `since` to the end already spent (0..1); 0 without a limit."""
         if not self.enabled or since is None:
             return 0.0
-        now = time.time() if now is None else now
+        now = self.now() if now is None else now
         span = self.train_end() - since
         return 1.0 if span <= 0 else min(max(now - since, 0.0) / span, 1.0)
 
@@ -67,7 +97,7 @@ class TimeBudget:
 
     def would_cross(self, seconds: float) -> bool:
         """True when work of `seconds` started now would end past the training time (never without a limit)."""
-        return self.enabled and time.time() + seconds >= self.train_end()
+        return self.enabled and self.now() + seconds >= self.train_end()
 
     def spent(self) -> bool:
         """True when the next step would end past the training time (the last step says how long it takes)."""
@@ -88,16 +118,20 @@ class TimeBudget:
         since = {name: (t - self.started if t else None)
                  for name, t in (("train_started", self.train_started), ("decay_started", self.decay_started))}
         return {"elapsed": now - self.started, "spent": spent, **since, "reserve": self.reserve,
-                "seconds_per_image": self.seconds_per_image, "step_seconds": self.step_seconds, "scale": self._scale}
+                "seconds_per_image": self.seconds_per_image, "step_seconds": self.step_seconds, "scale": self._scale,
+                "tape": list(self.tape), "replayed": self.replayed}
 
     def wind(self, clock: dict[str, Any], started: float) -> None:
         """Carry on a saved clock in a command that started at `started` (time.time()): the time between the
         two commands is not counted, the new command's own start-up is."""
-        self.started = started - clock["elapsed"]
+        if self.replay is None:  # a replay keeps the recorded start its readings count from
+            self.started = started - clock["elapsed"]
         self.train_started = self.started + clock["train_started"] if clock["train_started"] is not None else 0.0
         self.decay_started = self.started + clock["decay_started"] if clock["decay_started"] is not None else None
         self.reserve, self.seconds_per_image = clock["reserve"], clock["seconds_per_image"]
         self.step_seconds, self._scale = clock["step_seconds"], clock["scale"]
+        self.tape, self.replayed = list(clock.get("tape", [])), int(clock.get("replayed", 0))
+        self.resumed = True
 
     def observe_step(self, seconds: float, images: int, cost_scale: float = 1.0) -> None:
         """Learn the training cost from each step (scaled to the full side when training smaller) and keep
@@ -108,7 +142,7 @@ class TimeBudget:
         (buffers allocated for the new shapes, torch.compile's compilation) that the next steps do not."""
         if not self.enabled or images <= 0:
             return
-        now = time.time()
+        seconds, now = self.measured(seconds), self.now()
         if not self.train_started:
             self.train_started = now - seconds
         first_at_side, self._scale = cost_scale != self._scale, cost_scale
@@ -120,3 +154,31 @@ class TimeBudget:
             0.9 * self.seconds_per_image + 0.1 * per_image
         evaluation = self._evaluation_seconds(self.val_images + (self.report_images if self.report else 0))
         self.reserve = RESERVE_MARGIN * (evaluation + (REPORT_FIXED_S if self.report else 0.0)) + RESERVE_FIXED_S
+
+
+def clock_file(budget: TimeBudget) -> dict[str, Any]:
+    """RUN/clock.json: the time limit, the start the readings count from (a replay reads them against the
+    same start, so that its arithmetic is the recorded run's to the last bit) and the tape."""
+    return {"time_limit": budget.limit, "started": budget.started, "resumed": budget.resumed,
+            "readings": list(budget.tape)}
+
+
+def load_replay(source: str, time_limit: float) -> tuple[list[float], float]:
+    """(readings, start) from --replay-clock: a run folder or its clock.json. One line for what does not fit."""
+    path = Path(source)
+    path = path if path.suffix == ".json" else path / "clock.json"
+    try:
+        data = json.loads(path.read_text())
+        readings, started, recorded = list(map(float, data["readings"])), float(data["started"]), data["time_limit"]
+    except FileNotFoundError:
+        raise AlexnetError(f"--replay-clock {source}: no {path}; give a time-limited run's folder or its clock.json"
+                           ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AlexnetError(f"--replay-clock {source}: {path} is not a run's clock ({type(e).__name__}: {e})") from None
+    if data.get("resumed"):
+        raise AlexnetError(f"--replay-clock {source}: that run was stopped and resumed, so its readings count from two "
+                           "starts and cannot be replayed; remove --replay-clock")
+    if recorded != time_limit:
+        raise AlexnetError(f"--replay-clock {source}: that run had --time-limit {recorded:g}, this one "
+                           f"{time_limit:g}; give the same --time-limit")
+    return readings, started

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -217,7 +216,7 @@ class Schedule:
                 self.peak = max(step, 1) / self.warmup  # decay from the rate reached
                 self.warmup = step
             if step >= self.warmup:
-                self.budget.decay_started = time.time()  # the clock-driven decay starts when the warm-up ends
+                self.budget.decay_started = self.budget.now()  # the clock-driven decay starts when the warm-up ends
         self.inner.step()
 
     def epoch_end(self, val_acc: float) -> None:

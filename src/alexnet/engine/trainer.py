@@ -32,7 +32,7 @@ from ..errors import AlexnetError, TrainingStopped
 from ..models import create_model, default_image_size
 from ..resume_options import apply_changes, resume_changes, resume_record
 from . import distributed
-from .budget import TimeBudget
+from .budget import TimeBudget, clock_file, load_replay
 from .callbacks import Callback, Checkpointing, EarlyStopping, GracefulStop, History, Progress, TimeLimit
 from .checkpoint import (check_optimizer_state, load_checkpoint, load_weights, remove_stale_temp_files,
                          reported_write, restore_rng_state, write_json)
@@ -107,6 +107,9 @@ def train_run(run: Run, ckpt: dict[str, Any] | None, stop_after_epoch: int | Non
         raise
     finally:
         run.emit("on_train_end")
+    if run.budget.enabled and run.info.is_main:
+        with reported_write(run.out / "clock.json", run.saved_description(), run.out):
+            write_json(run.out / "clock.json", clock_file(run.budget))  # --replay-clock reads it
     write_replica_report(run)
     return run.out
 
@@ -222,6 +225,7 @@ def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, 
                            "rates); drop --time-limit under torchrun")
     micro_batch = distributed.check_batch(cfg.train.batch_size, info.world_size, cfg.train.accum_steps)
     callbacks = build_callbacks(cfg, user_callbacks)  # a missing optional package fails before any data is read
+    replay = load_replay(cfg.train.replay_clock, cfg.train.time_limit) if cfg.train.replay_clock else None
     out = Path(out) if out is not None else new_run_dir(cfg)
     if info.is_main:
         prepare_run_dir(out, ckpt is not None)
@@ -254,6 +258,8 @@ def set_up(cfg: RunConfig, out: str | Path | None, ckpt: dict[str, Any] | None, 
     budget = TimeBudget(cfg.train.time_limit, started_at, val_images=num_val,
                         views=view_passes(cfg.train.tta, cfg.train.tta_shift), report=cfg.train.report and info.is_main,
                         report_images=0 if reused else (num_val or data.num_train))
+    if replay is not None:  # the recorded readings stand in for the clock, against the recorded start
+        budget.replay, budget.started = replay
     scheduler = build_scheduler(optimizer, cfg.train, len(train_loader), budget)
     if cfg.train.whiten and ckpt is None and isinstance(train_loader, BatchLoader):
         sample = train_loader.images[torch.randperm(len(train_loader.labels))[:5000].to(dev)]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import math
 import warnings
+from dataclasses import replace
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -121,8 +123,17 @@ def best_toml(trial: FrozenTrial, study_name: str, out: Path) -> str:
               "same machine the same weights.",
               "# As in the trial, no report is written (add --report) and every epoch is validated."]
     if cfg.train.time_limit:
-        header.append(f"# Its time limit ({cfg.train.time_limit:g} s) follows the clock: a busier or slower machine "
-                      "trains fewer steps.")
+        clock = (out / trial.user_attrs.get("run", "") / "clock.json").resolve()
+        replayable = clock.is_file() and json.loads(clock.read_text(encoding="utf-8")).get("resumed") is False
+        if replayable:
+            cfg = replace(cfg, train=replace(cfg.train, replay_clock=str(clock)))
+            header.append(f"# Its time limit ({cfg.train.time_limit:g} s) followed the clock; replay_clock reads the "
+                          "trial's clock readings instead, so the run takes the trial's steps, rates and stop again. "
+                          "Without it the clock decides: a busier or slower machine trains fewer steps.")
+        else:
+            header.append(f"# Its time limit ({cfg.train.time_limit:g} s) follows the clock: a busier or slower "
+                          "machine trains fewer steps (the trial was stopped and resumed, so its clock cannot be "
+                          "replayed).")
     return "\n".join(header) + "\n" + config_text(cfg)
 
 
