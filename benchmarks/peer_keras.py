@@ -18,7 +18,7 @@ training images (5,000 held out), 77.34% test accuracy.
 The fp32 matmul rate (benchmarks/matmul.py) is measured before and after; quote the figures beside it.
 TensorFlow is a benchmark-only dependency, in an environment of its own (it never enters `make test`):
 
-    python3 -m venv .venv-tf && .venv-tf/bin/pip install tensorflow-cpu==2.21.0
+    python3 -m venv .venv-tf && .venv-tf/bin/pip install tensorflow-cpu==2.21.0 pillow
     python benchmarks/peer_keras.py --data cifar10-jpeg-train.tar.gz
     python benchmarks/peer_keras.py --data cifar10-jpeg-train.tar.gz --steps 300 --seeds 0 1 2 --time-limit 40 30
 
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return keras_worker(args)
     if not Path(args.tf_python).exists():
         raise SystemExit(f"peer_keras.py: error: --tf-python {args.tf_python} does not exist; create the "
-                         "environment: python3 -m venv .venv-tf && .venv-tf/bin/pip install tensorflow-cpu==2.21.0")
+                         "environment: python3 -m venv .venv-tf && .venv-tf/bin/pip install tensorflow-cpu==2.21.0 pillow")
     sys.path.insert(0, str(HERE))
     from matmul import matmul_gflops
     from throughput import git_commit, host_info, host_name, machine_tag, resolve_device
