@@ -176,3 +176,20 @@ def test_the_reserve_counts_the_views_that_evaluation_makes():
         # The views go through the model as one batch: 4 images x 1, 2 or 6 views.
         assert passes == [4 * {(False, 0): 1, (True, 0): 2, (True, 2): 6}[tta, shift]]
         assert sum(passes) == 4 * tta_views(tta, shift)
+
+
+def test_a_slow_first_step_such_as_compilation_does_not_end_the_warm_up():
+    # A 40 s budget whose first step took 20 s (torch.compile compiling on a small CPU): by the clock, half of
+    # the training time is gone. The schedule's clock starts after that step, so the warm-up goes on.
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(lr=0.1, epochs=10, warmup_epochs=1.0)  # 10 warm-up steps
+    opt = build_optimizer(model, cfg)
+    budget = TimeBudget(limit=40, started=time.time() - 21)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10, budget=budget)
+    budget.observe_step(20.0, images=256)
+    assert budget.run_fraction() < 0.01
+    opt.step()
+    sched.step()
+    # Step 1 of 10: the rate is a tenth of the way up, and the warm-up still has its 10 steps.
+    assert budget.decay_started is None and sched.warmup == 10
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 2 / 10)

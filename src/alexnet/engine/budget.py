@@ -144,7 +144,9 @@ class TimeBudget:
             return
         seconds, now = self.measured(seconds), self.now()
         if not self.train_started:
-            self.train_started = now - seconds
+            # The schedule's clock starts after the first step: its one-off costs (torch.compile's compilation
+            # can take half a short budget) are not training, and must not end the warm-up or spend the decay.
+            self.train_started = now
         first_at_side, self._scale = cost_scale != self._scale, cost_scale
         if first_at_side:
             return

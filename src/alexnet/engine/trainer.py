@@ -397,7 +397,7 @@ def end_epoch(run: Run) -> None:
     val_loss = val_acc = float("nan")
     outputs: dict[str, Any] = {}
     if validated:
-        val_loss, val_acc, logits, labels = validate_epoch(run.ema.shadow if run.ema else run.run_model,
+        val_loss, val_acc, logits, labels = validate_epoch(run.ema.shadow if run.ema else validation_module(run),
                                                            run.val_loader, cfg, run.device, run.info)
         if run.reused:
             outputs = {"val_logits": logits, "val_labels": labels, "val_digest": run.val_digest}
@@ -421,6 +421,14 @@ def end_epoch(run: Run) -> None:
     logs = {**row, "validated": validated, "improved": improved, "out_of_time": out_of_time, "side": run.side,
             "outputs": outputs}
     run.emit_epoch_end(epoch, logs, row)
+
+
+def validation_module(run: Run) -> nn.Module:
+    """What validates: the module the loop trains, except under a time limit with --compile, where evaluation
+    mode would be compiled a second time, at a cost the budget cannot foresee: the same weights uncompiled."""
+    if run.budget.enabled and hasattr(run.run_model, "_orig_mod"):
+        return run.run_model._orig_mod
+    return run.run_model
 
 
 def validate_epoch(model: nn.Module, loader: BatchLoader, cfg: RunConfig, device: torch.device,
