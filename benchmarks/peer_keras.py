@@ -72,12 +72,11 @@ def projected_seconds(images_per_s: float, epochs: int = NOTEBOOK_EPOCHS,
 
 
 def time_to_notebook(run: dict, target_pct: float = NOTEBOOK_ACC_PCT) -> float | None:
-    """A run's seconds to the notebook's accuracy: the first validated point at or above it (cumulative
-    from process start, time_to_accuracy.curve), None when the run never got there."""
-    for point in run.get("curve", []):
-        if 100 * point["val_acc"] >= target_pct:
-            return point["seconds"]
-    return None
+    """A run's seconds to the notebook's accuracy: its first validated point at or above it (cumulative from
+    process start), None when the run never got there."""
+    from time_to_accuracy import time_to_target  # lazy: it imports torch, which the TensorFlow environment lacks
+
+    return time_to_target(run.get("curve", []), target_pct)
 
 
 def speedup(notebook_s: float, ours_s: float | None) -> float | None:
